@@ -1,0 +1,1 @@
+"""Intermediate representation: the intents compilers publish and the datapath lowers. Pure."""

@@ -1,0 +1,137 @@
+"""Policy intents: what the policy compiler publishes per node and the datapath enforces.
+
+Two kinds of values live in the ``xpunet-intent`` bucket under a node's prefix:
+
+* ``node.<node>.policy.ep.<namespace>.<pod>`` → :class:`PolicyEndpoint`, one per
+  *local endpoint*: a pod scheduled on ``<node>``, not ``hostNetwork``, not in a
+  terminal phase (``Succeeded``/``Failed``), with at least one IP.
+* ``node.<node>.policy.ipset.<id>`` → :class:`IPSet`, the members of an IP set
+  that at least one endpoint on ``<node>`` references.  A node receives only
+  the sets its own endpoints reference, so a membership change is written only
+  to the nodes that need it.  Every node holding set ``<id>`` holds the same
+  members.
+
+Semantics the datapath must implement (``xpunet.policy.reference`` is the
+executable definition; ``evaluate_intents`` there evaluates these values):
+
+* A packet from endpoint E (source IP in ``E.ips``) is allowed on the egress
+  side if ``not E.egress_isolated`` or some rule in ``E.egress`` matches its
+  destination IP, protocol and destination port.  A packet to endpoint E is
+  allowed on the ingress side if ``not E.ingress_isolated`` or some rule in
+  ``E.ingress`` matches its source IP, protocol and destination port, or the
+  packet comes from E's own node (host traffic; the API always allows it, the
+  datapath knows its host addresses).  A pod-to-pod packet needs both sides.
+* Rules are allow-only and additive: order carries no meaning (it is
+  deterministic so equal inputs give byte-equal values).
+* A rule matches when the peer IP is in the set ``ipset`` (``None``: any IP)
+  and (``ports is None``: any protocol and port) the protocol and destination
+  port fall in one of ``ports``.  ``ports`` is never an empty tuple: a rule
+  that can match no port is omitted.
+* Stateful: replies of an allowed connection are allowed in both directions
+  without a rule; that is the datapath's connection tracking.
+* IP set members are CIDRs of both families (pod IPs as /32 or /128, ipBlocks
+  with ``except`` expanded into the exact CIDR difference).  Members may
+  overlap; the set is their union.  An empty set matches nothing.
+* Per-rule counters are keyed by :class:`RuleOrigin` (policy, direction, index).
+
+Set ids are content hashes of the set's *definition* (its peers and, for
+egress named ports, the port name/protocol/number), not of its members, so two
+policies with identical peers share one set and one id.
+
+Compatibility: fields are only ever added (with defaults); ``SCHEMA_VERSION``
+is bumped on additions; decoders ignore unknown fields.  Changes are noted in
+docs/intents.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from xpunet.model.objects import Protocol
+
+SCHEMA_VERSION = 1
+
+POLICY_EP_SCHEMA = "policy.ep"
+POLICY_IPSET_SCHEMA = "policy.ipset"
+
+Direction = Literal["ingress", "egress"]
+
+
+def node_prefix(node: str) -> str:
+    """The prefix of every policy key of one node (a datapath watches ``node.<node>.``)."""
+    return f"node.{node}.policy."
+
+
+def endpoint_key(node: str, namespace: str, pod: str) -> str:
+    return f"node.{node}.policy.ep.{namespace}.{pod}"
+
+
+def ipset_key(node: str, set_id: str) -> str:
+    return f"node.{node}.policy.ipset.{set_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """Destination ports ``first..last`` (inclusive) of one protocol.
+
+    ``0..65535`` means every port of the protocol (a NetworkPolicyPort without
+    ``port``).
+    """
+
+    protocol: Protocol
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOrigin:
+    """Where a rule came from: ``spec.<direction>[index]`` of policy ``namespace/policy``.
+
+    One NetworkPolicy rule may compile into several intent rules (egress named
+    ports resolving to different numbers); they share the origin and so the
+    per-rule counter.
+    """
+
+    namespace: str
+    policy: str
+    direction: Direction
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """Allow traffic whose peer IP is in ``ipset`` and whose protocol/port is in ``ports``.
+
+    ``ipset`` None: any peer.  ``ports`` None: any protocol and port.
+    """
+
+    origin: RuleOrigin
+    ipset: str | None = None
+    ports: tuple[PortRange, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyEndpoint:
+    """The policy state of one local endpoint (a pod on this node)."""
+
+    namespace: str
+    pod: str
+    uid: str
+    node: str
+    ips: tuple[str, ...]  # the pod's IPs, both families, in API order
+    ingress_isolated: bool = False
+    egress_isolated: bool = False
+    ingress: tuple[PolicyRule, ...] = ()
+    egress: tuple[PolicyRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IPSet:
+    """Members of set ``id``: CIDR strings, IPv4 before IPv6, sorted within a family."""
+
+    id: str
+    members: tuple[str, ...] = ()
+
+
+PolicyIntent = PolicyEndpoint | IPSet
