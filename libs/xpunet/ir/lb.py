@@ -20,7 +20,7 @@ Semantics the datapath must implement:
   to the service port ``id``.  A ``node_port`` frontend has ``ip=None``: it
   matches each address of the node the datapath serves (``LbNodeAddresses`` of
   the family), on ``port`` (the nodePort), so NodePorts cost one entry per
-  service port, not one per service port × node address.
+  service port, not one per service port times node address.
 * **Backend sets.**  ``cluster_ip`` frontends use the *internal* set, every
   other frontend kind (``Frontend.external``) the *external* set.  On node N:
   internal = ``override.internal`` if node N has an override with it set, else
@@ -158,7 +158,7 @@ class BackendSet:
     """Backends (sorted by ip, then port) and their Maglev lookup table.
 
     ``table[b]`` is an index into ``backends`` for bucket ``b``; its length is a
-    prime ≥ 100 × len(backends) (at least 251, at most 131071), or 0 when there
+    prime ≥ 100 * len(backends) (at least 251, at most 131071), or 0 when there
     are no backends, in which case ``when_empty`` says what to do.
     """
 
