@@ -1,0 +1,251 @@
+"""Runs one service instance inside an event loop: health endpoint, bus, run(), heartbeat, stop.
+
+Used by the process runner (``run_service``) and by ``xpunetctl up``, which
+hosts every service in one process.  The stop is staged: ``stop`` is set →
+``ctx.stopping`` is set and readiness drops → ``run`` gets
+``runtime.shutdown_timeout`` seconds to flush and return → the health record is
+removed → the NATS connection is drained → the health endpoint closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from typing import Generic, TypeVar
+
+import msgpack
+
+from xpunet.bus.api import BUCKET_STATUS
+from xpunet.runtime import _bus_shim
+from xpunet.runtime.context import Bus, RunFn, ServiceContext
+from xpunet.runtime.health import HealthServer, Probes
+from xpunet.runtime.logs import current_service
+from xpunet.runtime.metrics_text import render_prometheus
+from xpunet.runtime.settings import Settings
+from xpunet.runtime.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=Settings)
+
+# Services that run once per node; their bus identity carries the node name.
+PER_NODE_SERVICES = frozenset({"datapath"})
+HEALTH_KEY_PREFIX = "health."
+HEALTH_SCHEMA = 1
+_DRAIN_TIMEOUT = 5.0
+
+
+class ServiceFailedError(Exception):
+    """The service's ``run`` raised, returned before a stop, or had to be cancelled."""
+
+
+def health_key(instance: str) -> str:
+    return HEALTH_KEY_PREFIX + instance
+
+
+class ServiceHost(Generic[S]):
+    def __init__(
+        self,
+        name: str,
+        run_fn: RunFn[S],
+        settings: S,
+        telemetry: Telemetry,
+        *,
+        instance: str | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.node = settings.node.name or socket.gethostname()
+        self.instance = instance or (f"{name}.{self.node}" if name in PER_NODE_SERVICES else name)
+        self._run_fn = run_fn
+        self._telemetry = telemetry
+        self._bus: Bus | None = None
+        self._health: HealthServer | None = None
+        self.ctx: ServiceContext[S] | None = None
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None  # monotonic time the service first reported ready
+        self.health_bound = asyncio.Event()  # set once ``health_url`` is known (or health is off)
+
+    @property
+    def health_url(self) -> str | None:
+        return self._health.url if self._health is not None else None
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._bus is None or not self._bus.is_connected:
+            return False, "bus not connected"
+        if self.ctx is None:
+            return False, "starting"
+        if self.ctx.stopping.is_set():
+            return False, "stopping"
+        if not self.ctx.ready.is_set():
+            return False, self.ctx.not_ready_reason or "service not ready"
+        return True, ""
+
+    def _metrics(self) -> str:
+        return render_prometheus(self._telemetry.metric_reader.get_metrics_data())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set and the service returned; else raise ``ServiceFailedError``."""
+        current_service.set(self.instance)
+        hs = self.settings.health
+        try:
+            if hs.enabled:
+                self._health = HealthServer(hs.host, hs.port, Probes(self.readiness, self._metrics))
+                await self._health.start()
+                log.info("health endpoint at %s (/healthz /readyz /metrics)", self._health.url)
+            self.health_bound.set()
+            self._bus = await self._connect(stop)
+            if self._bus is None:
+                return  # stopped before the bus was reachable
+            self.ctx = ServiceContext(
+                name=self.name,
+                instance=self.instance,
+                settings=self.settings,
+                bus=self._bus,
+                node=self.node,
+                tracer=self._telemetry.tracer(f"xpunet.{self.name}"),
+                meter=self._telemetry.meter(f"xpunet.{self.name}"),
+            )
+            self._register_metrics(self.ctx)
+            await self._supervise(self.ctx, stop)
+        finally:
+            self.health_bound.set()
+            await self._close()
+
+    async def _connect(self, stop: asyncio.Event) -> Bus | None:
+        bs = self.settings.bus
+        name = bs.name or f"xpunet-{self.instance}"
+        log.info("connecting to NATS %s as %s", ",".join(bs.urls), name)
+        connecting = asyncio.create_task(
+            _bus_shim.connect(
+                bs.urls, name=name, connect_timeout=bs.connect_timeout, reconnect_wait=bs.reconnect_wait
+            )
+        )
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        log.info("stop requested before NATS was reachable")
+        return None
+
+    def _register_metrics(self, ctx: ServiceContext[S]) -> None:
+        from opentelemetry.metrics import CallbackOptions, Observation
+
+        def observe_ready(_options: CallbackOptions) -> list[Observation]:
+            ready, _reason = self.readiness()
+            return [Observation(1 if ready else 0, {"instance": self.instance})]
+
+        ctx.meter.create_observable_gauge(
+            "xpunet.service.ready", callbacks=[observe_ready], description="1 when the service is ready"
+        )
+
+    async def _supervise(self, ctx: ServiceContext[S], stop: asyncio.Event) -> None:
+        failure: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                service = tg.create_task(self._run_service(ctx), name=f"{self.instance}.run")
+                tg.create_task(self._heartbeat(ctx), name=f"{self.instance}.heartbeat")
+                tg.create_task(self._stop_when(stop, ctx, service), name=f"{self.instance}.stop")
+        except* Exception as group:
+            failure = group.exceptions[0]
+        if failure is not None:
+            raise ServiceFailedError(f"{self.instance}: {failure}") from failure
+
+    async def _run_service(self, ctx: ServiceContext[S]) -> None:
+        try:
+            await self._run_fn(ctx)
+        except asyncio.CancelledError:
+            if ctx.stopping.is_set():
+                raise ServiceFailedError(
+                    f"did not stop within {self.settings.runtime.shutdown_timeout}s"
+                ) from None
+            raise
+        except Exception:
+            log.exception("%s: service failed", self.instance)
+            raise
+        if not ctx.stopping.is_set():
+            log.error("%s: run() returned before a stop was requested", self.instance)
+            raise ServiceFailedError("run() returned before a stop was requested")
+        # Readiness is over: a stopped service no longer serves.
+        ctx.ready.clear()
+
+    async def _stop_when(
+        self, stop: asyncio.Event, ctx: ServiceContext[S], service: asyncio.Task[None]
+    ) -> None:
+        await stop.wait()
+        log.info("%s: stopping (intake stops, flushing)", self.instance)
+        ctx.stopping.set()
+        ctx.health_changed.set()
+        done, _ = await asyncio.wait({service}, timeout=self.settings.runtime.shutdown_timeout)
+        if not done:
+            log.error(
+                "%s: run() did not return within %ss of the stop; cancelling it",
+                self.instance,
+                self.settings.runtime.shutdown_timeout,
+            )
+            service.cancel()
+
+    def _health_record(self, ctx: ServiceContext[S]) -> bytes:
+        ready, reason = self.readiness()
+        record = {
+            "v": HEALTH_SCHEMA,
+            "service": self.name,
+            "instance": self.instance,
+            "node": self.node,
+            "ready": ready,
+            "reason": reason,
+            "pid": os.getpid(),
+            "health": self.health_url or "",
+            "at": time.time(),
+            "interval": self.settings.runtime.heartbeat_interval,
+        }
+        packed: bytes = msgpack.packb(record)
+        return packed
+
+    async def _heartbeat(self, ctx: ServiceContext[S]) -> None:
+        """Keep ``health.<instance>`` in ``xpunet-status`` current; a failed write is logged, never fatal."""
+        store = None
+        key = health_key(self.instance)
+        interval = self.settings.runtime.heartbeat_interval
+        while not ctx.stopping.is_set():
+            ctx.health_changed.clear()
+            if ctx.ready.is_set() and self.ready_at is None:
+                self.ready_at = time.monotonic()
+            try:
+                if store is None:
+                    store = await ctx.bus.kv(BUCKET_STATUS)
+                await store.put(key, self._health_record(ctx))
+            except Exception as exc:
+                log.warning("%s: cannot write health record: %s", self.instance, exc)
+            # Wake on a readiness change or stop, or at the next heartbeat.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await ctx.health_changed.wait()
+        if store is not None:
+            try:
+                await store.delete(key)
+            except Exception as exc:
+                log.warning("%s: cannot remove health record: %s", self.instance, exc)
+
+    async def _close(self) -> None:
+        if self._bus is not None:
+            try:
+                async with asyncio.timeout(_DRAIN_TIMEOUT):
+                    await self._bus.drain()
+            except Exception as exc:
+                log.warning("%s: NATS drain failed (%s); closing", self.instance, exc or type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await self._bus.close()
+        if self._health is not None:
+            await self._health.close()
+        log.info("%s: stopped", self.instance)

@@ -1,0 +1,110 @@
+"""The service contract: how a service plugs into the runtime.
+
+A service provides one coroutine, ``run(ctx: ServiceContext[MySettings]) -> None``,
+that works until ``ctx.stopping`` is set, then flushes and returns.  Its console
+script is::
+
+    def main() -> None:
+        run_service("lb", run, LbSettings, sys.argv[1:])
+
+``run_service`` does the rest: settings (defaults ← ``--config`` ← ``XPUNET_*``
+environment ← flags), logging, OpenTelemetry, the NATS connection, the health
+endpoint, SIGTERM/SIGINT handling, and the exit code (0 after a clean stop,
+1 when the service failed, 2 for bad settings).  See docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn, TypeVar
+
+from opentelemetry import metrics, trace
+
+from xpunet.runtime.context import Bus, RunFn, ServiceContext, idle_run
+from xpunet.runtime.host import ServiceFailedError, ServiceHost
+from xpunet.runtime.loader import load_settings
+from xpunet.runtime.logs import configure_logging
+from xpunet.runtime.settings import Settings, SettingsError
+from xpunet.runtime.telemetry import setup_telemetry
+
+__all__ = ["Bus", "RunFn", "ServiceContext", "Settings", "idle_run", "run_service"]
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=Settings)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_SETTINGS = 2
+
+
+def run_service(
+    name: str, run_fn: RunFn[S], settings_cls: type[S], argv: Sequence[str], *, description: str = ""
+) -> NoReturn:
+    """Run one service as this process until SIGTERM/SIGINT; never returns (exits with the code)."""
+    prog = f"xpunet-{name}"
+    try:
+        settings = load_settings(
+            settings_cls, argv, prog=prog, description=description or f"xpunet {name} service"
+        )
+    except SettingsError as exc:
+        print(f"{prog}: bad settings: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_SETTINGS) from None
+    configure_logging(settings.log.level)
+    telemetry = setup_telemetry(prog, settings.telemetry, os.environ)
+    # Libraries that ask the global API (e.g. trace propagation in the bus) see this service's providers.
+    trace.set_tracer_provider(telemetry.tracer_provider)
+    metrics.set_meter_provider(telemetry.meter_provider)
+    host = ServiceHost(name, run_fn, settings, telemetry)
+    try:
+        code = _run_loop(host)
+    finally:
+        telemetry.shutdown()
+    logging.shutdown()
+    raise SystemExit(code)
+
+
+def _run_loop(host: ServiceHost[S]) -> int:
+    import uvloop
+
+    result: int = uvloop.run(_serve(host))
+    return result
+
+
+async def _serve(host: ServiceHost[S]) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s received; stopping", signal.Signals(signum).name)
+            stop.set()
+        elif main_task is not None:
+            log.warning("second %s; abandoning the graceful stop", signal.Signals(signum).name)
+            main_task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await host.run(stop)
+    except ServiceFailedError as exc:
+        log.error("exiting with failure: %s", exc)
+        return EXIT_FAILED
+    except asyncio.CancelledError:
+        return EXIT_FAILED
+    except Exception:
+        log.exception("runtime failure")
+        return EXIT_FAILED
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return EXIT_OK
