@@ -30,6 +30,16 @@ from xpunet.model.objects import (
     Service,
     ServicePort,
 )
+from xpunet.model.parse import (
+    parse_endpoint_slice,
+    parse_label_selector,
+    parse_namespace,
+    parse_network_policy,
+    parse_node,
+    parse_object,
+    parse_pod,
+    parse_service,
+)
 
 __all__ = [
     "EMPTY_LABELS",
@@ -60,4 +70,12 @@ __all__ = [
     "Protocol",
     "Service",
     "ServicePort",
+    "parse_endpoint_slice",
+    "parse_label_selector",
+    "parse_namespace",
+    "parse_network_policy",
+    "parse_node",
+    "parse_object",
+    "parse_pod",
+    "parse_service",
 ]

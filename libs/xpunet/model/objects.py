@@ -2,7 +2,7 @@
 
 Everything here is pure data.  The watcher produces these from API JSON
 (``xpunet.model.parse``), the bus carries them as wire maps
-(``xpunet.model.wire``), and the compilers consume them.  Fields the rest of
+(``xpunet.wire``), and the compilers consume them.  Fields the rest of
 the system does not use (status heartbeats, managedFields, annotations,
 resourceVersion) are deliberately absent, so an update that changes only those
 normalises to an equal object and writes nothing.
