@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -46,10 +47,13 @@ class ServiceContext(Generic[S]):
     # Nudges the runner to write a health record now rather than at the next heartbeat.
     health_changed: asyncio.Event = field(default_factory=asyncio.Event)
     not_ready_reason: str = "starting"
+    first_ready_at: float | None = None  # time.monotonic() of the first mark_ready (start-up timing)
 
     def mark_ready(self) -> None:
         if not self.ready.is_set():
             log.info("%s ready", self.instance)
+        if self.first_ready_at is None:
+            self.first_ready_at = time.monotonic()
         self.ready.set()
         self.not_ready_reason = ""
         self.health_changed.set()

@@ -103,3 +103,26 @@ class HealthServer:
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4; charset=utf-8", self._probes.metrics().encode()
         return 404, "text/plain", b"not found\n"
+
+
+async def http_get(url: str) -> tuple[int, str]:
+    """GET ``http://host:port/path`` from a health endpoint; returns (status, body).
+
+    A matching minimal client (``xpunetctl``, tests) so nothing needs an HTTP library.
+    """
+    rest = url.removeprefix("http://")
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    async with asyncio.timeout(_READ_TIMEOUT):  # a health endpoint answers at once or not at all
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body.decode("utf-8", "replace")

@@ -67,8 +67,12 @@ class ServiceHost(Generic[S]):
         self._health: HealthServer | None = None
         self.ctx: ServiceContext[S] | None = None
         self.started_at = time.monotonic()
-        self.ready_at: float | None = None  # monotonic time the service first reported ready
         self.health_bound = asyncio.Event()  # set once ``health_url`` is known (or health is off)
+
+    @property
+    def ready_at(self) -> float | None:
+        """``time.monotonic()`` when the service first reported ready."""
+        return self.ctx.first_ready_at if self.ctx is not None else None
 
     @property
     def health_url(self) -> str | None:
@@ -219,8 +223,6 @@ class ServiceHost(Generic[S]):
         interval = self.settings.runtime.heartbeat_interval
         while not ctx.stopping.is_set():
             ctx.health_changed.clear()
-            if ctx.ready.is_set() and self.ready_at is None:
-                self.ready_at = time.monotonic()
             try:
                 if store is None:
                     store = await ctx.bus.kv(BUCKET_STATUS)

@@ -168,9 +168,12 @@ def section_keys(cls: type[Settings]) -> dict[str, dict[str, Any]]:
     return {name: _hints(section) for name, section in _sections(cls).items()}
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
+def _suggest(word: str, choices: Sequence[str], prefix: str = "") -> str:
+    # Matched without the shared prefix, which would make every key of a section look close.
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(choices))}"
+    if close:
+        return f"; did you mean {prefix + close[0]!r}?"
+    return f"; valid: {', '.join(prefix + c for c in sorted(choices))}"
 
 
 # ---------------------------------------------------------------- values
@@ -333,8 +336,8 @@ def build_settings(cls: type[S], layers: Sequence[Layer]) -> S:
                 full = f"{section}.{key}"
                 where = layer.origins.get(full, layer.source)
                 if key not in schema[section]:
-                    valid = [f"{section}.{k}" for k in schema[section]]
-                    raise SettingsError(f"unknown key {full!r} in {where}{_suggest(full, valid)}")
+                    hint = _suggest(key, list(schema[section]), prefix=f"{section}.")
+                    raise SettingsError(f"unknown key {full!r} in {where}{hint}")
                 tp = schema[section][key]
                 try:
                     chosen[section][key] = _convert(raw, tp, textual=layer.textual)
