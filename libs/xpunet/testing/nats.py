@@ -5,20 +5,27 @@
 * ``private_nats_server`` — a server of the test's own, for tests that restart or kill it.
 * ``unique_name(prefix)`` / ``bucket_name`` — fresh KV bucket names, so tests sharing
   the session server never see each other's state.
+* ``bus`` — a ``NatsBus`` connected to the session server, drained after the test.
+* ``kv`` — a ``NatsStateStore`` on a fresh bucket, deleted after the test.
+* ``take(aiter, n)`` — the next ``n`` items of an async iterator, bounded by a timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 import pytest
 
+from xpunet.bus.nats import NatsBus, NatsStateStore, connect
 from xpunet.embedded.nats import NatsServer
 
 _counter = itertools.count()
+T = TypeVar("T")
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -49,3 +56,29 @@ def private_nats_server() -> Iterator[NatsServer]:
 def bucket_name(request: pytest.FixtureRequest) -> str:
     """A fresh KV bucket name for this test."""
     return unique_name("b")
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[NatsBus]:
+    connection = await connect(nats_url, name="xpunet-test", initial_timeout=10)
+    try:
+        yield connection
+    finally:
+        await connection.drain()
+
+
+@pytest.fixture
+async def kv(bus: NatsBus, bucket_name: str) -> AsyncIterator[NatsStateStore]:
+    store = await bus.kv(bucket_name)
+    yield store
+    if bus.connected:
+        await bus.delete_kv(bucket_name)
+
+
+async def take(source: AsyncIterator[T], n: int, *, within: float = 10.0) -> list[T]:
+    """The next ``n`` items of ``source``; fails the test (TimeoutError) if they do not all come in time."""
+    items: list[T] = []
+    async with asyncio.timeout(within):
+        while len(items) < n:
+            items.append(await anext(source))
+    return items

@@ -1,0 +1,328 @@
+"""The KV watch: snapshot, ``InSync``, then every change in revision order, across reconnects and restarts.
+
+Each watch drives its own ephemeral push consumer on the bucket's stream
+(no acks, flow control, idle heartbeats), delivered to a fresh inbox per
+*incarnation*.  The first incarnation delivers the last message per key (the
+snapshot); its message with ``pending == 0`` ends the snapshot.  Whenever the
+consumer may have lost messages (reconnect, server restart, a gap in the
+consumer sequence, a heartbeat reporting more than we saw, heartbeats stopping)
+the watch starts a new incarnation from the last stream sequence it handed out
++ 1, and ignores anything still queued from the old one — so nothing is lost
+and nothing is repeated.  Should that happen before the snapshot is complete,
+the snapshot is simply taken again and only revisions newer than the last one
+handed out are passed on (deletes of keys already handed out become removals).
+
+A message that cannot be interpreted is logged and skipped; it never ends the watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Final, Self
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsPySubscription
+
+from xpunet.bus.api import InSync, KVEntry
+from xpunet.bus.errors import BusError
+from xpunet.bus.keys import prefix_filter
+from xpunet.bus.nats._errors import ApiError, mapped_errors, parse_api_response
+
+if TYPE_CHECKING:
+    from xpunet.bus.nats._conn import NatsBus
+    from xpunet.bus.nats._kv import NatsStateStore
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT = 1.0  # seconds between idle heartbeats from the server
+STALE_AFTER = 3  # missed heartbeats before the consumer is re-created
+INACTIVE_THRESHOLD = 30.0  # seconds an abandoned consumer lingers on the server
+_NS = 1_000_000_000
+
+_DELETE_OPS: Final = frozenset({"DEL", "PURGE"})
+# Server-placed markers (TTL / limits) carry a reason instead of KV-Operation.
+_MARKER_REASONS: Final = frozenset({"MaxAge", "Purge", "Remove"})
+
+
+class _Control:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+_CLOSE = _Control("close")
+
+
+class KVWatch:
+    """``xpunet.bus.api.Watch`` over one KV bucket and key prefix."""
+
+    def __init__(
+        self, bus: NatsBus, store: NatsStateStore, prefix: str, *, headers_only: bool = False
+    ) -> None:
+        rel_filter, exact = prefix_filter(prefix)
+        self._bus = bus
+        self._store = store
+        self._prefix = prefix
+        self._exact = exact
+        self._filter = store.subject_prefix + rel_filter
+        self._pre_len = len(store.subject_prefix)
+        self._headers_only = headers_only
+        self._queue: asyncio.Queue[tuple[int, Msg] | _Control] = asyncio.Queue()
+        self._ready: deque[KVEntry | InSync] = deque()
+        self._gen = 0
+        self._sub: NatsPySubscription | None = None
+        self._consumer: str | None = None
+        self._dseq = 0  # last consumer sequence handled in this incarnation
+        self._last_seq = 0  # last stream sequence (revision) handled
+        self._in_sync = False
+        self._snapshot_keys: set[str] | None = set()  # keys handed out in the snapshot (until InSync)
+        self._started = False
+        self._closed = False
+        self._last_activity = 0.0
+        self._monitor: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"KVWatch({self._store.bucket!r}, prefix={self._prefix!r}, revision={self._last_seq})"
+
+    @property
+    def revision(self) -> int:
+        """The last revision this watch has handled (resume point)."""
+        return self._last_seq
+
+    # -- iteration ----------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> KVEntry | InSync:
+        while not self._ready:
+            if self._closed:
+                raise StopAsyncIteration
+            if not self._started:
+                self._started = True
+                self._bus._watches.add(self)
+                self._monitor = asyncio.get_running_loop().create_task(
+                    self._watch_heartbeats(), name=f"kv-watch-heartbeats {self._store.bucket}"
+                )
+                await self._new_incarnation("start")
+                continue
+            item = await self._queue.get()
+            if isinstance(item, _Control):
+                if item is _CLOSE:
+                    await self.aclose()
+                else:
+                    await self._new_incarnation(item.reason)
+                continue
+            gen, msg = item
+            if gen != self._gen:
+                continue  # queued by an abandoned incarnation; the new one redelivers it
+            try:
+                action = self._handle(msg)
+            except Exception:
+                # A broken message must not end the watch: log it and go on.
+                logger.exception("kv watch %s: skipping message it cannot interpret: %r", self, msg.subject)
+                continue
+            if action is None:
+                continue
+            if action.startswith("reply:"):
+                with contextlib.suppress(BusError), mapped_errors("flow control reply"):
+                    await self._bus.client.publish(action[6:], b"")
+            else:
+                await self._new_incarnation(action)
+        return self._ready.popleft()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._bus._watches.discard(self)
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await self._drop_consumer()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def request_reset(self, reason: str) -> None:
+        """Called on reconnect: re-create the consumer from the last revision seen."""
+        if not self._closed:
+            self._queue.put_nowait(_Control(reason))
+
+    def request_close(self) -> None:
+        self._queue.put_nowait(_CLOSE)
+
+    # -- consumer lifecycle -------------------------------------------------
+
+    async def _on_msg(self, msg: Msg, gen: int) -> None:
+        if gen == self._gen:
+            self._last_activity = asyncio.get_running_loop().time()
+        self._queue.put_nowait((gen, msg))
+
+    async def _drop_consumer(self) -> None:
+        sub, self._sub = self._sub, None
+        name, self._consumer = self._consumer, None
+        client = self._bus.client
+        if client.is_closed or client.is_draining or not client.is_connected:
+            return  # the server forgets the consumer after INACTIVE_THRESHOLD
+        with contextlib.suppress(BusError), mapped_errors("drop watch consumer"):
+            if sub is not None:
+                await sub.unsubscribe()
+            if name is not None:
+                await client.request(f"$JS.API.CONSUMER.DELETE.{self._store.stream}.{name}", b"", timeout=1.0)
+
+    def _consumer_config(self, inbox: str) -> dict[str, object]:
+        config: dict[str, object] = {
+            "deliver_subject": inbox,
+            "filter_subject": self._filter,
+            "ack_policy": "none",
+            "max_deliver": 1,
+            "replay_policy": "instant",
+            "flow_control": True,
+            "idle_heartbeat": int(HEARTBEAT * _NS),
+            "inactive_threshold": int(INACTIVE_THRESHOLD * _NS),
+            "mem_storage": True,
+            "num_replicas": 1,
+            "headers_only": self._headers_only,
+        }
+        if self._in_sync:
+            config["deliver_policy"] = "by_start_sequence"
+            config["opt_start_seq"] = self._last_seq + 1
+        else:
+            config["deliver_policy"] = "last_per_subject"
+        return config
+
+    async def _new_incarnation(self, reason: str) -> None:
+        """(Re)create the consumer, retrying with backoff until it exists or the watch/bus closes."""
+        attempt = 0
+        while not self._closed:
+            if self._bus.closing:
+                self._closed = True
+                self._bus._watches.discard(self)
+                return
+            await self._drop_consumer()
+            self._gen += 1
+            gen = self._gen
+            self._dseq = 0
+            inbox = self._bus.new_inbox()
+            try:
+                with mapped_errors(f"watch {self._store.bucket}/{self._prefix}*"):
+
+                    async def deliver(msg: Msg, gen: int = gen) -> None:
+                        await self._on_msg(msg, gen)
+
+                    self._sub = await self._bus.client.subscribe(
+                        inbox, cb=deliver, pending_msgs_limit=4_000_000, pending_bytes_limit=1 << 30
+                    )
+                    request = {"stream_name": self._store.stream, "config": self._consumer_config(inbox)}
+                    resp_msg = await self._bus.client.request(
+                        f"$JS.API.CONSUMER.CREATE.{self._store.stream}",
+                        json.dumps(request).encode(),
+                        timeout=self._bus.request_timeout,
+                    )
+                    resp = parse_api_response(resp_msg.data)
+            except (BusError, ApiError) as exc:
+                delay = self._bus.backoff.delay(attempt + 1)
+                attempt += 1
+                logger.warning("kv watch %s: cannot create consumer (%s), retry in %.2fs", self, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._consumer = str(resp.get("name", ""))
+            self._last_activity = asyncio.get_running_loop().time()
+            if reason != "start":
+                logger.info("kv watch %s: consumer re-created after %s", self, reason)
+            delivered = resp.get("delivered")
+            consumer_seq = delivered.get("consumer_seq", 0) if isinstance(delivered, dict) else 0
+            if not self._in_sync and resp.get("num_pending") == 0 and consumer_seq == 0:
+                self._mark_in_sync()
+            return
+
+    async def _watch_heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            silent = loop.time() - self._last_activity
+            if silent > STALE_AFTER * HEARTBEAT and self._bus.connected:
+                self._last_activity = loop.time()  # one reset per silence, not one per tick
+                self.request_reset(f"no heartbeat for {silent:.1f}s")
+
+    # -- messages -----------------------------------------------------------
+
+    def _mark_in_sync(self) -> None:
+        self._in_sync = True
+        self._snapshot_keys = None
+        self._ready.append(InSync(self._last_seq))
+
+    def _handle(self, msg: Msg) -> str | None:
+        """Interpret one delivered message; returns an action for the caller (reset / reply) or None."""
+        headers = msg.headers
+        if headers is not None and "Status" in headers and not msg.data:
+            return self._handle_status(msg, headers)
+        tokens = msg.reply.split(".")
+        if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
+            sseq, dseq, pending = int(tokens[5]), int(tokens[6]), int(tokens[8])
+        elif len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>...
+            sseq, dseq, pending = int(tokens[7]), int(tokens[8]), int(tokens[10])
+        else:
+            raise BusError(f"unexpected JetStream reply subject {msg.reply!r}")
+        if dseq != self._dseq + 1:
+            return f"gap in consumer sequence (expected {self._dseq + 1}, got {dseq})"
+        self._dseq = dseq
+        if sseq > self._last_seq:
+            self._last_seq = sseq
+            key = msg.subject[self._pre_len :]
+            if self._exact or key.startswith(self._prefix):
+                self._emit(key, msg, sseq, headers)
+        if pending == 0 and not self._in_sync:
+            self._mark_in_sync()
+        return None
+
+    def _emit(self, key: str, msg: Msg, sseq: int, headers: dict[str, str] | None) -> None:
+        from xpunet.bus.nats._kv import user_headers
+
+        deleted = False
+        if headers:
+            op = headers.get("KV-Operation")
+            if op is not None:
+                if op not in _DELETE_OPS:
+                    raise BusError(f"unknown KV-Operation {op!r} on {key}")
+                deleted = True
+            elif headers.get("Nats-Marker-Reason") in _MARKER_REASONS:
+                deleted = True
+        snapshot = self._snapshot_keys
+        if snapshot is not None:  # still in the snapshot: deletes are omitted unless already handed out
+            if deleted:
+                if key not in snapshot:
+                    return
+                snapshot.discard(key)
+            else:
+                snapshot.add(key)
+        value = None if deleted else msg.data
+        self._ready.append(KVEntry(key, value, sseq, user_headers(headers)))
+
+    def _handle_status(self, msg: Msg, headers: dict[str, str]) -> str | None:
+        status = headers.get("Status")
+        description = headers.get("Description", "")
+        if status == "100":
+            if msg.reply:  # flow control request: answer once we got this far
+                return "reply:" + msg.reply
+            stalled = headers.get("Nats-Consumer-Stalled")
+            if stalled:
+                return "reply:" + stalled
+            last_consumer = headers.get("Nats-Last-Consumer")
+            if last_consumer is not None and int(last_consumer) != self._dseq:
+                return f"heartbeat reports consumer sequence {last_consumer}, we saw {self._dseq}"
+            return None
+        if status == "409":
+            return f"consumer gone ({description})"
+        logger.debug("kv watch %s: status %s %s", self, status, description)
+        return None
