@@ -226,7 +226,10 @@ async def connect(
             logger.warning("bus %s: %s: %s", name, type(exc).__name__, exc)
 
     async def on_disconnected() -> None:
-        logger.warning("bus %s: disconnected", name)
+        if bus_ref and bus_ref[0].closing:
+            logger.debug("bus %s: disconnected (closing)", name)
+        else:
+            logger.warning("bus %s: disconnected", name)
 
     async def on_reconnected() -> None:
         if bus_ref:
