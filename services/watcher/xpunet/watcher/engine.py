@@ -1,0 +1,148 @@
+"""The watcher's main loop: win the lease, reconcile the KV with the source, mirror it until losing the lease.
+
+One leadership term: read what the bucket holds (the previous leader's work)
+into a fresh ``MirrorState``, then run the source and the KV writer together.
+The source's first full list of each kind rewrites only values that differ
+from the bucket, deletes the keys it no longer has, and queues the kind's
+in-sync marker.  Losing the lease ends the term at once (the writer also checks
+before every batch); the loop then goes back to waiting for the lease, and a
+later term starts from the bucket again, since another leader may have
+written meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from kubernetes_asyncio import client
+from opentelemetry.trace import Tracer
+
+from xpunet.bus.api import InSync, StateStore
+from xpunet.model import Kind
+from xpunet.watcher.feed import Feed
+from xpunet.watcher.informer import Informer, InformerOptions
+from xpunet.watcher.leader import LeaderElector
+from xpunet.watcher.metrics import WatcherMetrics
+from xpunet.watcher.state import Encoder, MirrorState
+from xpunet.watcher.writer import KVWriter, LeadershipLostError
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    async def run(self, feed: Feed) -> None:
+        """Feed every object, mark each kind synced after its first full pass, then follow changes forever."""
+        ...
+
+
+class ApiSource:
+    """One informer per kind against a Kubernetes API server."""
+
+    def __init__(self, api: client.ApiClient, options: InformerOptions | None = None) -> None:
+        self._api = api
+        self._options = options or InformerOptions()
+        self.informers: dict[Kind, Informer] = {}
+
+    async def run(self, feed: Feed) -> None:
+        self.informers = {k: Informer(self._api, k, feed, options=self._options) for k in Kind}
+        async with asyncio.TaskGroup() as tg:
+            for kind, informer in self.informers.items():
+                tg.create_task(informer.run(), name=f"informer-{kind}")
+
+
+async def read_bucket(store: StateStore) -> dict[str, bytes]:
+    """Every key's current value (the snapshot part of a watch)."""
+    entries: dict[str, bytes] = {}
+    watch = store.watch("")
+    try:
+        async for item in watch:
+            if isinstance(item, InSync):
+                break
+            if item.value is not None:
+                entries[item.key] = item.value
+    finally:
+        close = getattr(watch, "aclose", None)
+        if close is not None:
+            await close()
+    return entries
+
+
+class Watcher:
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        source: Source,
+        encode: Encoder,
+        tracer: Tracer,
+        metrics: WatcherMetrics,
+        elector: LeaderElector | None = None,
+        write_batch: int = 1000,
+        on_synced: Callable[[], None] | None = None,
+        on_standby: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._source = source
+        self._encode = encode
+        self._tracer = tracer
+        self.metrics = metrics
+        self.elector = elector
+        self._write_batch = write_batch
+        self._on_synced = on_synced
+        self._on_standby = on_standby
+        self.feed: Feed | None = None  # the current term's, for tests and status
+        self.writer: KVWriter | None = None
+        self.terms = 0
+
+    async def run(self) -> None:
+        while True:
+            if self.elector is not None:
+                if self._on_standby is not None:
+                    self._on_standby()
+                await self.elector.acquire()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    if self.elector is not None:
+                        tg.create_task(self.elector.hold(), name="lease")
+                    tg.create_task(self._term(), name="term")
+            except* LeadershipLostError as group:
+                log.warning("leadership lost (%s); back to standby", group.exceptions[0])
+
+    async def _term(self) -> None:
+        self.terms += 1
+        existing = await read_bucket(self._store)
+        log.info(
+            "leading (term %d): %d keys in %s to reconcile against",
+            self.terms,
+            len(existing),
+            self._store.bucket,
+        )
+        state = MirrorState(self._encode)
+        state.load(existing)
+        feed = Feed(state, self.metrics)
+        writer = KVWriter(
+            self._store,
+            feed,
+            tracer=self._tracer,
+            is_leader=self.elector.is_leader if self.elector is not None else _always,
+            batch_size=self._write_batch,
+        )
+        self.feed, self.writer = feed, writer
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(writer.run(), name="kv-writer")
+            tg.create_task(self._source.run(feed), name="source")
+            tg.create_task(self._report_synced(feed, writer), name="synced")
+
+    async def _report_synced(self, feed: Feed, writer: KVWriter) -> None:
+        await feed.all_synced.wait()
+        await writer.drained()
+        log.info("all kinds in sync in %s", self._store.bucket)
+        if self._on_synced is not None:
+            self._on_synced()
+
+
+def _always() -> bool:
+    return True
