@@ -72,6 +72,7 @@ LB_SERVICE_SCHEMA = "lb.svc"
 LB_NODE_OVERRIDE_SCHEMA = "lb.node_svc"
 LB_NODE_ADDRESSES_SCHEMA = "lb.node_addresses"
 LB_CONNTRACK_SCHEMA = "lb.conntrack"
+LB_REJECTION_SCHEMA = "lb.rejected"
 
 SERVICE_ID_BITS = 24
 """Service-port ids fit this many bits (id 0 is never used)."""
@@ -240,3 +241,16 @@ class ConntrackTimeouts:
 
 
 LbIntent = LbServicePort | LbNodeOverride | LbNodeAddresses | ConntrackTimeouts
+
+
+@dataclass(frozen=True, slots=True)
+class LbRejection:
+    """``xpunet-status`` value at ``lb.rejected.<ns>.<svc>``: input that was skipped, and why.
+
+    Each problem names the object and field (``EndpointSlice web-abc: endpoints[3]:
+    unparsable address '10.0.0.300'``).  The rest of the Service still compiles.
+    """
+
+    namespace: str
+    service: str
+    problems: tuple[str, ...] = ()
