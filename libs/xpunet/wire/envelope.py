@@ -95,7 +95,11 @@ for _cls, _schema in K8S_SCHEMAS.items():
 def encode(schema: str, obj: Any) -> bytes:
     """Pack ``obj`` (a dataclass, or an already-built wire map) under ``schema``."""
     body = obj if isinstance(obj, dict) else to_wire(obj)
-    return msgpack.packb({"v": SCHEMA_VERSION, "t": schema, "o": body}, use_bin_type=True)  # type: ignore[no-any-return]  # msgpack is untyped; packb returns bytes
+    try:
+        data: bytes = msgpack.packb({"v": SCHEMA_VERSION, "t": schema, "o": body}, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. an int beyond 64 bits
+        raise WireError(type(obj).__qualname__, "", f"cannot encode under {schema!r}: {exc}") from None
+    return data
 
 
 def encode_object(obj: Any) -> bytes:
