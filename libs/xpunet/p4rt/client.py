@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_METADATA_BYTES = 64 * 1024 * 1024
 _U64 = (1 << 64) - 1
 _Cfg = p4runtime_pb2.SetForwardingPipelineConfigRequest
 _Get = p4runtime_pb2.GetForwardingPipelineConfigRequest
@@ -165,6 +166,9 @@ class P4RuntimeClient:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A rejected batch carries one p4.v1.Error per update in a trailer: ~40 bytes each.
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
         ]

@@ -79,7 +79,9 @@ class PermanentTargetError(TargetError):
 def classify(code: str, message: str, updates: tuple[UpdateError, ...] = ()) -> TargetError:
     """Pick the error class: retryable if the call, or any failed update, may succeed later."""
     if updates:
-        retryable = any(u.retryable for u in updates)
+        # In a rolled-back batch the innocent updates report ABORTED; the culprits decide.
+        culprits = [u for u in updates if u.code != "ABORTED"] or list(updates)
+        retryable = any(u.retryable for u in culprits)
     else:
         retryable = code in RETRYABLE_CODES
     cls = RetryableTargetError if retryable else PermanentTargetError
