@@ -1,0 +1,233 @@
+"""Table entries of the xpunet pipeline as frozen values, independent of P4Runtime protobufs.
+
+An entry is (table, match, priority) → (action, params).  Values are plain
+ints (addresses as integers), match fields appear in the table's key order and
+don't-care fields are omitted, as P4Runtime requires (a ternary with mask 0, a
+range covering the whole field, an LPM of length 0 are never sent).  So two
+equal entries compare equal, and :attr:`TableEntry.key` identifies an entry
+the way a P4Runtime server does.
+
+``origin`` says which intent an entry came from (for error reports and
+traces); it takes no part in equality.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from xpunet.pipeline.schema import SCHEMA, FieldSpec, Schema, TableSpec, qualified
+
+
+@dataclass(frozen=True, slots=True)
+class Exact:
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lpm:
+    value: int
+    prefix_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ternary:
+    value: int
+    mask: int
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    low: int
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class Optional:
+    value: int
+
+
+FieldMatch = Exact | Lpm | Ternary | Range | Optional
+EntryKey = tuple[str, tuple[tuple[str, FieldMatch], ...], int]
+
+
+class EntryError(ValueError):
+    """An entry does not fit the pipeline (names the table and field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableEntry:
+    table: str
+    match: tuple[tuple[str, FieldMatch], ...]
+    action: str
+    params: tuple[tuple[str, int], ...] = ()
+    priority: int = 0
+    origin: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> EntryKey:
+        return (self.table, self.match, self.priority)
+
+    def match_of(self, name: str) -> FieldMatch | None:
+        for n, m in self.match:
+            if n == name:
+                return m
+        return None
+
+    def param(self, name: str) -> int:
+        for n, v in self.params:
+            if n == name:
+                return v
+        raise KeyError(f"{self.action} has no parameter {name!r}")
+
+    @property
+    def alias(self) -> str:
+        return self.table.rsplit(".", 1)[-1]
+
+
+def _is_wildcard(spec: FieldSpec, m: FieldMatch) -> bool:
+    full = (1 << spec.bitwidth) - 1
+    if isinstance(m, Ternary):
+        return m.mask == 0
+    if isinstance(m, Range):
+        return m.low == 0 and m.high == full
+    if isinstance(m, Lpm):
+        return m.prefix_len == 0
+    return False
+
+
+def make_entry(
+    table: str,
+    match: Mapping[str, FieldMatch],
+    action: str,
+    params: Mapping[str, int] | None = None,
+    *,
+    priority: int = 0,
+    origin: str = "",
+    schema: Schema = SCHEMA,
+) -> TableEntry:
+    """A canonical, validated entry: names qualified, fields in key order, wildcards dropped."""
+    spec = schema.table(qualified(table))
+    action_spec = schema.action(qualified(action))
+    match_t = tuple(
+        (f.name, match[f.name]) for f in spec.key if f.name in match and not _is_wildcard(f, match[f.name])
+    )
+    params = params or {}
+    params_t = tuple((p.name, params[p.name]) for p in action_spec.params if p.name in params)
+    entry = TableEntry(spec.name, match_t, action_spec.name, params_t, priority, origin)
+    problem = check_entry(entry, schema, given_fields=set(match), given_params=set(params))
+    if problem is not None:
+        raise EntryError(problem)
+    return entry
+
+
+def check_entry(
+    entry: TableEntry,
+    schema: Schema = SCHEMA,
+    *,
+    given_fields: Iterable[str] | None = None,
+    given_params: Iterable[str] | None = None,
+) -> str | None:
+    """``None`` if the entry is valid for the pipeline, else the problem in words."""
+    try:
+        spec = schema.table(entry.table)
+        action = schema.action(entry.action)
+    except KeyError as exc:
+        return str(exc.args[0])
+    names = {f.name for f in spec.key}
+    for n in given_fields or ():
+        if n not in names:
+            return f"{spec.alias}: no key field {n!r}"
+    if entry.action not in spec.action_names() or entry.action == spec.default_action:
+        return f"{spec.alias}: action {action.alias} is not allowed in entries of this table"
+    for f in spec.key:
+        m = entry.match_of(f.name)
+        if m is None:
+            if f.match_kind == "exact":
+                return f"{spec.alias}: exact field {f.name} is missing"
+            continue
+        problem = _check_field(spec, f, m)
+        if problem is not None:
+            return problem
+    pnames = {p.name for p in action.params}
+    for n in given_params or ():
+        if n not in pnames:
+            return f"{spec.alias}: action {action.alias} has no parameter {n!r}"
+    got = dict(entry.params)
+    for p in action.params:
+        if p.name not in got:
+            return f"{spec.alias}: action {action.alias} parameter {p.name} is missing"
+        if not 0 <= got[p.name] < (1 << p.bitwidth):
+            return f"{spec.alias}: {action.alias}({p.name}={got[p.name]}) does not fit bit<{p.bitwidth}>"
+    if spec.needs_priority and entry.priority <= 0:
+        return f"{spec.alias}: entries need a priority > 0"
+    if not spec.needs_priority and entry.priority != 0:
+        return f"{spec.alias}: entries take no priority"
+    return None
+
+
+def _check_field(spec: TableSpec, f: FieldSpec, m: FieldMatch) -> str | None:
+    full = (1 << f.bitwidth) - 1
+    where = f"{spec.alias}.{f.name}"
+    kind = {Exact: "exact", Lpm: "lpm", Ternary: "ternary", Range: "range", Optional: "optional"}[type(m)]
+    if kind != f.match_kind:
+        return f"{where}: {kind} match on a {f.match_kind} field"
+    if isinstance(m, Exact | Optional):
+        if not 0 <= m.value <= full:
+            return f"{where}: value {m.value} does not fit bit<{f.bitwidth}>"
+    elif isinstance(m, Lpm):
+        if not 0 <= m.prefix_len <= f.bitwidth:
+            return f"{where}: prefix length {m.prefix_len} out of 0..{f.bitwidth}"
+        host = (1 << (f.bitwidth - m.prefix_len)) - 1
+        if m.value & host or not 0 <= m.value <= full:
+            return f"{where}: value has bits outside the /{m.prefix_len} prefix"
+    elif isinstance(m, Ternary):
+        if m.value & ~m.mask or not 0 <= m.mask <= full:
+            return f"{where}: value has bits outside the mask"
+    elif isinstance(m, Range) and not 0 <= m.low <= m.high <= full:
+        return f"{where}: range {m.low}..{m.high} is empty or does not fit bit<{f.bitwidth}>"
+    return None
+
+
+def field_matches(m: FieldMatch | None, value: int, bitwidth: int) -> bool:
+    """Whether a packet field value matches one match component (``None``: don't care)."""
+    if m is None:
+        return True
+    if isinstance(m, Exact | Optional):
+        return value == m.value
+    if isinstance(m, Lpm):
+        shift = bitwidth - m.prefix_len
+        return value >> shift == m.value >> shift
+    if isinstance(m, Ternary):
+        return value & m.mask == m.value
+    return m.low <= value <= m.high
+
+
+# --- address helpers shared by lowering, interpreter and traces -----------------------------
+
+
+def ip_int(addr: str) -> tuple[int, int]:
+    """``"10.0.0.1"`` → (4, 167772161); raises ValueError naming the address."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError as exc:
+        raise ValueError(f"not an IP address: {addr!r}") from exc
+    return ip.version, int(ip)
+
+
+def cidr_lpm(cidr: str) -> tuple[int, Lpm]:
+    """``"10.0.0.0/24"`` → (4, Lpm(...)); host bits must be clear."""
+    try:
+        net = ipaddress.ip_network(cidr)
+    except ValueError as exc:
+        raise ValueError(f"not a CIDR: {cidr!r}") from exc
+    return net.version, Lpm(int(net.network_address), net.prefixlen)
+
+
+def ip_str(value: int, version: int) -> str:
+    return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
+
+
+def family_suffix(version: int) -> str:
+    return "v4" if version == 4 else "v6"
