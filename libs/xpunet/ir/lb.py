@@ -254,3 +254,17 @@ class LbRejection:
     namespace: str
     service: str
     problems: tuple[str, ...] = ()
+
+
+def _register_schemas() -> None:
+    # Registered here so anyone importing the schema can decode_object() lb values.
+    from xpunet.wire import register
+
+    register(LB_SERVICE_SCHEMA, LbServicePort)
+    register(LB_NODE_OVERRIDE_SCHEMA, LbNodeOverride)
+    register(LB_NODE_ADDRESSES_SCHEMA, LbNodeAddresses)
+    register(LB_CONNTRACK_SCHEMA, ConntrackTimeouts)
+    register(LB_REJECTION_SCHEMA, LbRejection)
+
+
+_register_schemas()

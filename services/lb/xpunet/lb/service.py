@@ -1,0 +1,320 @@
+"""The lb service: watches ``xpunet-k8s``, runs the pure compiler, writes changed intents.
+
+Flow: read the lb intents already in ``xpunet-intent`` (their service-port ids
+are kept, and what nothing produces any more is swept), watch Services,
+EndpointSlices and Nodes plus the watcher's ``sync.<kind>`` markers, and once
+every watch has delivered its snapshot *and* the three markers exist, flush:
+the compiler returns only changed keys, which go out in one pipelined
+``put_many`` (deletes explicit).  After that, updates are coalesced for
+``lb.flush_interval`` seconds per flush.  Rejected input goes to
+``xpunet-status`` as ``lb.rejected.<ns>.<svc>``, is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, KVEntry, StateStore
+from xpunet.ir.lb import (
+    GLOBAL_SERVICE_PREFIX,
+    ConntrackTimeouts,
+    LbIntent,
+    LbNodeAddresses,
+    LbNodeOverride,
+    LbRejection,
+    LbServicePort,
+)
+from xpunet.lb.state import Changes, LbCompiler
+from xpunet.model.objects import EndpointSlice, Kind, Node, Service
+from xpunet.runtime.context import ServiceContext
+from xpunet.runtime.settings import Settings as BaseSettings
+from xpunet.wire import WireError, decode_k8s, decode_object, encode_object
+
+logger = logging.getLogger(__name__)
+
+WATCHED = (Kind.SERVICE, Kind.ENDPOINT_SLICE, Kind.NODE)
+SYNC_PREFIX = "sync."
+REJECTED_PREFIX = "lb.rejected."
+_LB_TYPES = (LbServicePort, LbNodeOverride, LbNodeAddresses, ConntrackTimeouts)
+
+
+@dataclass(frozen=True, slots=True)
+class LbOptions:
+    flush_interval: float = 0.02  # seconds to coalesce updates before a write
+    conntrack_tcp_established: int = 86400
+    conntrack_tcp_close_wait: int = 3600
+    conntrack_udp: int = 30
+    conntrack_udp_stream: int = 120
+
+    def __post_init__(self) -> None:
+        if self.flush_interval < 0:
+            raise ValueError("lb.flush_interval must be >= 0")
+        for name in ("tcp_established", "tcp_close_wait", "udp", "udp_stream"):
+            if getattr(self, f"conntrack_{name}") <= 0:
+                raise ValueError(f"lb.conntrack_{name} must be > 0")
+
+    def conntrack(self) -> ConntrackTimeouts:
+        return ConntrackTimeouts(
+            tcp_established=self.conntrack_tcp_established,
+            tcp_close_wait=self.conntrack_tcp_close_wait,
+            udp=self.conntrack_udp,
+            udp_stream=self.conntrack_udp_stream,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings(BaseSettings):
+    lb: LbOptions = field(default_factory=LbOptions)
+
+
+def is_lb_intent_key(key: str) -> bool:
+    """Keys this service owns in ``xpunet-intent`` (node names may contain dots)."""
+    if key.startswith("global.lb."):
+        return True
+    return key.startswith("node.") and (".lb.svc." in key or key.endswith(".lb.addresses"))
+
+
+def parse_object_key(key: str) -> tuple[Kind, str | None, str] | None:
+    """``<kind>.<ns>.<name>`` (or ``node.<name>``) → (kind, namespace, name); None for other keys."""
+    kind_text, _, rest = key.partition(".")
+    try:
+        kind = Kind(kind_text)
+    except ValueError:
+        return None
+    if kind not in WATCHED or not rest:
+        return None
+    if kind is Kind.NODE:
+        return kind, None, rest
+    ns, _, name = rest.partition(".")
+    return (kind, ns, name) if ns and name else None
+
+
+class _Metrics:
+    def __init__(self, ctx: ServiceContext[Any]) -> None:
+        meter = ctx.meter
+        self.rejected = meter.create_counter(
+            "xpunet_lb_rejected_total", description="Services with input the lb compiler skipped"
+        )
+        self.bad_messages = meter.create_counter(
+            "xpunet_lb_bad_messages_total", description="xpunet-k8s values that could not be decoded"
+        )
+        self.writes = meter.create_counter("xpunet_lb_intent_writes_total", description="Intent keys written")
+        self.deletes = meter.create_counter(
+            "xpunet_lb_intent_deletes_total", description="Intent keys deleted"
+        )
+        self.flush_seconds = meter.create_histogram(
+            "xpunet_lb_flush_seconds", unit="s", description="Compile, encode and write of one flush"
+        )
+
+
+async def _snapshot(store: StateStore, prefix: str) -> AsyncIterator[KVEntry]:
+    """The current values under ``prefix`` (a watch up to its InSync)."""
+    watch = store.watch(prefix)
+    try:
+        async for item in watch:
+            if isinstance(item, InSync):
+                return
+            yield item
+    finally:
+        close = getattr(watch, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def load_existing(
+    intents: StateStore, status: StateStore
+) -> tuple[dict[str, LbIntent], dict[str, LbRejection]]:
+    """What a previous run left in KV (undecodable values are swept like stale ones)."""
+    found: dict[str, LbIntent] = {}
+    undecodable: list[str] = []
+    for prefix in ("global.lb.", "node."):
+        async for entry in _snapshot(intents, prefix):
+            if entry.value is None or not is_lb_intent_key(entry.key):
+                continue
+            try:
+                value = decode_object(entry.value)
+            except WireError as exc:
+                logger.warning(
+                    "lb: undecodable intent %s (%s); it will be rewritten or removed", entry.key, exc
+                )
+                undecodable.append(entry.key)
+                continue
+            if isinstance(value, _LB_TYPES):
+                found[entry.key] = value
+    for key in undecodable:
+        # A placeholder the first flush overwrites or deletes.
+        found[key] = LbNodeAddresses(node="")
+    rejections: dict[str, LbRejection] = {}
+    async for entry in _snapshot(status, REJECTED_PREFIX):
+        if entry.value is None:
+            continue
+        try:
+            value = decode_object(entry.value)
+        except WireError:
+            value = LbRejection("", "")
+        if isinstance(value, LbRejection):
+            rejections[entry.key] = value
+    return found, rejections
+
+
+def encode_changes(changes: Mapping[str, Any]) -> dict[str, bytes | None]:
+    return {key: None if value is None else encode_object(value) for key, value in changes.items()}
+
+
+class LbService:
+    """Feeds the compiler from KV watches and writes its output; one per process."""
+
+    def __init__(
+        self,
+        compiler: LbCompiler,
+        *,
+        k8s: StateStore,
+        intents: StateStore,
+        status: StateStore,
+        flush_interval: float,
+        metrics: _Metrics | None = None,
+    ) -> None:
+        self.compiler = compiler
+        self._k8s = k8s
+        self._intents = intents
+        self._status = status
+        self._flush_interval = flush_interval
+        self._metrics = metrics
+        self._dirty = asyncio.Event()
+        self._in_sync_watches: set[str] = set()
+        self._sync_markers: set[str] = set()
+        self.synced = asyncio.Event()  # set after the first full flush
+        self.flushes = 0
+
+    @property
+    def _ready_to_flush(self) -> bool:
+        return len(self._in_sync_watches) == len(WATCHED) + 1 and self._sync_markers >= {
+            k.value for k in WATCHED
+        }
+
+    async def consume(self, prefix: str) -> None:
+        async for item in self._k8s.watch(prefix):
+            if isinstance(item, InSync):
+                self._in_sync_watches.add(prefix)
+                self._dirty.set()
+                continue
+            self.apply(item)
+
+    def apply(self, entry: KVEntry) -> None:
+        if entry.key.startswith(SYNC_PREFIX):
+            kind = entry.key[len(SYNC_PREFIX) :]
+            if entry.value is None:
+                self._sync_markers.discard(kind)
+            else:
+                self._sync_markers.add(kind)
+            self._dirty.set()
+            return
+        parsed = parse_object_key(entry.key)
+        if parsed is None:
+            return
+        kind, ns, name = parsed
+        if entry.value is None:
+            self.compiler.delete(kind, ns, name)
+            self._dirty.set()
+            return
+        try:
+            obj = decode_k8s(entry.value)
+        except WireError as exc:
+            logger.warning("lb: skipping undecodable %s: %s", entry.key, exc)
+            if self._metrics:
+                self._metrics.bad_messages.add(1)
+            return
+        if not isinstance(obj, Service | EndpointSlice | Node):
+            logger.warning("lb: skipping %s: a %s under a %s key", entry.key, type(obj).__name__, kind.value)
+            return
+        self.compiler.update(obj)
+        self._dirty.set()
+
+    async def flush_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self._dirty.wait()
+            if self._flush_interval:
+                await asyncio.sleep(self._flush_interval)  # coalesce a burst into one write
+            self._dirty.clear()
+            if self._ready_to_flush:
+                await self.flush()
+
+    async def flush(self) -> Changes:
+        started = time.perf_counter()
+        changes = self.compiler.flush()
+        # Reports first: whoever sees the new intents can already read why input was skipped.
+        if changes.status:
+            await self._status.put_many(encode_changes(changes.status))
+        if changes.intents:
+            await self._intents.put_many(encode_changes(changes.intents))
+        self.flushes += 1
+        if self._metrics:
+            writes = sum(1 for v in changes.intents.values() if v is not None)
+            self._metrics.writes.add(writes)
+            self._metrics.deletes.add(len(changes.intents) - writes)
+            self._metrics.rejected.add(sum(1 for v in changes.status.values() if v is not None))
+            self._metrics.flush_seconds.record(time.perf_counter() - started)
+        if changes.intents:
+            logger.info(
+                "lb: wrote %s intent keys (%s deletes) in %.1f ms",
+                len(changes.intents),
+                sum(1 for v in changes.intents.values() if v is None),
+                (time.perf_counter() - started) * 1000,
+            )
+        self.synced.set()
+        return changes
+
+    async def run(self, stopping: asyncio.Event, *, on_synced: Callable[[], None] | None = None) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self.consume(prefix), name=f"watch {prefix}") for prefix in self._prefixes()
+            ]
+            flusher = tg.create_task(self.flush_loop(stopping), name="flush")
+            if on_synced is not None:
+                tg.create_task(_call_when(self.synced, on_synced), name="ready")
+            await stopping.wait()
+            for task in tasks:
+                task.cancel()
+            flusher.cancel()
+        # Final flush of what arrived before the stop (only once in sync: never sweep a partial view).
+        if self._ready_to_flush and self.compiler.dirty:
+            await self.flush()
+
+    @staticmethod
+    def _prefixes() -> list[str]:
+        return [f"{k.value}." for k in WATCHED] + [SYNC_PREFIX]
+
+
+async def _call_when(event: asyncio.Event, callback: Callable[[], None]) -> None:
+    await event.wait()
+    callback()
+
+
+async def run(ctx: ServiceContext[Settings]) -> None:
+    """The lb service's entry point (docs/runtime.md)."""
+    opts = ctx.settings.lb
+    k8s = await ctx.bus.kv(BUCKET_K8S)
+    intents = await ctx.bus.kv(BUCKET_INTENT)
+    status = await ctx.bus.kv(BUCKET_STATUS)
+    compiler = LbCompiler(conntrack=opts.conntrack())
+    existing, rejections = await load_existing(intents, status)
+    compiler.seed(existing, rejections)
+    logger.info(
+        "lb: starting with %s existing intents (%s service ports)",
+        len(existing),
+        sum(1 for k in existing if k.startswith(GLOBAL_SERVICE_PREFIX)),
+    )
+    service = LbService(
+        compiler,
+        k8s=k8s,
+        intents=intents,
+        status=status,
+        flush_interval=opts.flush_interval,
+        metrics=_Metrics(ctx),
+    )
+    await service.run(ctx.stopping, on_synced=ctx.mark_ready)
