@@ -12,16 +12,12 @@ from typing import Generic, TypeVar
 from opentelemetry.metrics import Meter
 from opentelemetry.trace import Tracer
 
-from xpunet.runtime._bus_shim import ShimBus
+from xpunet.bus.api import Bus
 from xpunet.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=Settings)
-
-# The connected bus handed to services.  Until ``xpunet.bus.nats`` lands this is
-# the runtime's shim; it becomes ``xpunet.bus.nats.Bus`` then.
-Bus = ShimBus
 
 
 @dataclass(slots=True, eq=False)
@@ -75,7 +71,7 @@ async def idle_run(ctx: ServiceContext[Settings]) -> None:
     It only proves the plumbing: connected to the bus (the runner did that),
     reports ready, waits for the stop signal.
     """
-    log.warning(
+    log.info(
         "%s: no service logic yet (xpunet.%s.service is absent); idling: bus connected, "
         "reporting ready, waiting for stop",
         ctx.instance,

@@ -17,14 +17,15 @@ import socket
 import time
 from typing import Generic, TypeVar
 
-import msgpack
-
 from xpunet.bus.api import BUCKET_STATUS
-from xpunet.runtime import _bus_shim
-from xpunet.runtime.context import Bus, RunFn, ServiceContext
+from xpunet.bus.backoff import Backoff
+from xpunet.bus.nats import NatsBus
+from xpunet.bus.nats import connect as bus_connect
+from xpunet.runtime.context import RunFn, ServiceContext
 from xpunet.runtime.health import HealthServer, Probes
 from xpunet.runtime.logs import current_service
 from xpunet.runtime.metrics_text import render_prometheus
+from xpunet.runtime.records import HealthRecord, encode_health, health_key
 from xpunet.runtime.settings import Settings
 from xpunet.runtime.telemetry import Telemetry
 
@@ -34,17 +35,11 @@ S = TypeVar("S", bound=Settings)
 
 # Services that run once per node; their bus identity carries the node name.
 PER_NODE_SERVICES = frozenset({"datapath"})
-HEALTH_KEY_PREFIX = "health."
-HEALTH_SCHEMA = 1
 _DRAIN_TIMEOUT = 5.0
 
 
 class ServiceFailedError(Exception):
     """The service's ``run`` raised, returned before a stop, or had to be cancelled."""
-
-
-def health_key(instance: str) -> str:
-    return HEALTH_KEY_PREFIX + instance
 
 
 class ServiceHost(Generic[S]):
@@ -63,11 +58,12 @@ class ServiceHost(Generic[S]):
         self.instance = instance or (f"{name}.{self.node}" if name in PER_NODE_SERVICES else name)
         self._run_fn = run_fn
         self._telemetry = telemetry
-        self._bus: Bus | None = None
+        self._bus: NatsBus | None = None
         self._health: HealthServer | None = None
         self.ctx: ServiceContext[S] | None = None
         self.started_at = time.monotonic()
         self.health_bound = asyncio.Event()  # set once ``health_url`` is known (or health is off)
+        self.context_built = asyncio.Event()  # set once ``ctx`` exists (bus connected), or the host ended
 
     @property
     def ready_at(self) -> float | None:
@@ -79,7 +75,7 @@ class ServiceHost(Generic[S]):
         return self._health.url if self._health is not None else None
 
     def readiness(self) -> tuple[bool, str]:
-        if self._bus is None or not self._bus.is_connected:
+        if self._bus is None or not self._bus.connected:
             return False, "bus not connected"
         if self.ctx is None:
             return False, "starting"
@@ -114,19 +110,24 @@ class ServiceHost(Generic[S]):
                 tracer=self._telemetry.tracer(f"xpunet.{self.name}"),
                 meter=self._telemetry.meter(f"xpunet.{self.name}"),
             )
+            self.context_built.set()
             self._register_metrics(self.ctx)
             await self._supervise(self.ctx, stop)
         finally:
             self.health_bound.set()
+            self.context_built.set()
             await self._close()
 
-    async def _connect(self, stop: asyncio.Event) -> Bus | None:
+    async def _connect(self, stop: asyncio.Event) -> NatsBus | None:
         bs = self.settings.bus
         name = bs.name or f"xpunet-{self.instance}"
         log.info("connecting to NATS %s as %s", ",".join(bs.urls), name)
         connecting = asyncio.create_task(
-            _bus_shim.connect(
-                bs.urls, name=name, connect_timeout=bs.connect_timeout, reconnect_wait=bs.reconnect_wait
+            bus_connect(
+                bs.urls,
+                name=name,
+                connect_timeout=bs.connect_timeout,
+                backoff=Backoff(initial=min(0.05, bs.reconnect_max), maximum=bs.reconnect_max),
             )
         )
         stopped = asyncio.create_task(stop.wait())
@@ -199,22 +200,21 @@ class ServiceHost(Generic[S]):
             )
             service.cancel()
 
-    def _health_record(self, ctx: ServiceContext[S]) -> bytes:
+    def _health_record(self) -> bytes:
         ready, reason = self.readiness()
-        record = {
-            "v": HEALTH_SCHEMA,
-            "service": self.name,
-            "instance": self.instance,
-            "node": self.node,
-            "ready": ready,
-            "reason": reason,
-            "pid": os.getpid(),
-            "health": self.health_url or "",
-            "at": time.time(),
-            "interval": self.settings.runtime.heartbeat_interval,
-        }
-        packed: bytes = msgpack.packb(record)
-        return packed
+        return encode_health(
+            HealthRecord(
+                service=self.name,
+                instance=self.instance,
+                node=self.node,
+                ready=ready,
+                reason=reason,
+                pid=os.getpid(),
+                health=self.health_url or "",
+                at=time.time(),
+                interval=self.settings.runtime.heartbeat_interval,
+            )
+        )
 
     async def _heartbeat(self, ctx: ServiceContext[S]) -> None:
         """Keep ``health.<instance>`` in ``xpunet-status`` current; a failed write is logged, never fatal."""
@@ -226,7 +226,7 @@ class ServiceHost(Generic[S]):
             try:
                 if store is None:
                     store = await ctx.bus.kv(BUCKET_STATUS)
-                await store.put(key, self._health_record(ctx))
+                await store.put(key, self._health_record())
             except Exception as exc:
                 log.warning("%s: cannot write health record: %s", self.instance, exc)
             # Wake on a readiness change or stop, or at the next heartbeat.
@@ -244,8 +244,8 @@ class ServiceHost(Generic[S]):
             try:
                 async with asyncio.timeout(_DRAIN_TIMEOUT):
                     await self._bus.drain()
-            except Exception as exc:
-                log.warning("%s: NATS drain failed (%s); closing", self.instance, exc or type(exc).__name__)
+            except TimeoutError:
+                log.warning("%s: NATS drain took over %ss; closing", self.instance, _DRAIN_TIMEOUT)
                 with contextlib.suppress(Exception):
                     await self._bus.close()
         if self._health is not None:

@@ -25,7 +25,8 @@ from typing import NoReturn, TypeVar
 
 from opentelemetry import metrics, trace
 
-from xpunet.runtime.context import Bus, RunFn, ServiceContext, idle_run
+from xpunet.bus.api import Bus
+from xpunet.runtime.context import RunFn, ServiceContext, idle_run
 from xpunet.runtime.host import ServiceFailedError, ServiceHost
 from xpunet.runtime.loader import load_settings
 from xpunet.runtime.logs import configure_logging

@@ -63,7 +63,13 @@ class BusSettings:
     urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     name: str = ""  # the NATS client name; empty means "xpunet-<service>"
     connect_timeout: float = 2.0  # seconds per connection attempt
-    reconnect_wait: float = 0.5  # seconds between reconnection attempts
+    reconnect_max: float = 5.0  # cap of the jittered exponential backoff between attempts (seconds)
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValueError("bus.urls: at least one NATS URL is needed")
+        if self.connect_timeout <= 0 or self.reconnect_max <= 0:
+            raise ValueError("bus.connect_timeout and bus.reconnect_max must be positive")
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,10 +98,15 @@ async def _health_record(nats_url: str, instance: str) -> dict[str, object] | No
 
 @pytest.mark.parametrize("service", ["watcher", "policy", "lb", "routing", "datapath"])
 async def test_service_ready_then_sigterm_exits_zero(
-    spawn: list[ServiceProcess], nats_url: str, service: str
+    spawn: list[ServiceProcess], nats_url: str, service: str, tmp_path: Path
 ) -> None:
+    # The watcher reads an (empty) manifest directory instead of an API server; the
+    # other services ignore the watcher's section.
     sp = await _start(
-        spawn, f"xpunet-{service}", "--nats", nats_url, "--health-port", "0", "--node", "node-a"
+        spawn,
+        f"xpunet-{service}",
+        *("--nats", nats_url, "--health-port", "0", "--node", "node-a"),
+        *("--set", f"watcher.source=dir:{tmp_path}"),
     )
     health = (await sp.wait_for_line(HEALTH_LINE.pattern)).group(1)
     await sp.wait_for_line(r'msg="[a-z.-]+ ready"')
@@ -144,7 +149,7 @@ async def test_sigterm_while_nats_unreachable_exits_zero(spawn: list[ServiceProc
     # Port 1 on loopback: nothing listens there, connection attempts are refused.
     sp = await _start(spawn, "xpunet-routing", "--nats", "nats://127.0.0.1:1", "--health-port", "0")
     health = (await sp.wait_for_line(HEALTH_LINE.pattern)).group(1)
-    await sp.wait_for_line(r"nats xpunet-routing: ")  # the first refused attempt was reported
+    await sp.wait_for_line(r"bus xpunet-routing: ")  # the first refused attempt was reported
     status, body = await http_get(f"{health}/readyz")
     assert (status, body) == (503, "not ready: bus not connected\n")
     assert await http_get(f"{health}/healthz") == (200, "ok\n")
