@@ -1,0 +1,231 @@
+"""Benchmark of the lb service: cold compile to in-sync, and one endpoint change to intent written.
+
+Runs against a real nats-server (the bundled one) unless ``--no-nats``:
+
+* cold: the Services/EndpointSlices/Nodes are in ``xpunet-k8s`` with the sync
+  markers; the clock runs from the service's start (seed from KV, watches,
+  compile, encode, ``put_many``) until its first flush is written.  Peak RSS of
+  the process is reported (``ru_maxrss``, includes the benchmark's own objects).
+* change: one EndpointSlice of a 10-endpoint service changes one endpoint;
+  ``compile_ms``: update + flush + encode in the compiler alone; ``e2e_ms``:
+  from the put into ``xpunet-k8s`` to the new intent arriving on a watch of
+  ``xpunet-intent`` (both reported as p50/p99).  Measured at the full size and
+  at 100 services.
+
+Usage: ``.venv/bin/python bench/lb.py [--services 10000] [--big 3] [--changes 200] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import time
+from typing import Any
+
+from xpunet.bus.api import InSync, KVEntry
+from xpunet.bus.nats import NatsBus, connect
+from xpunet.embedded.nats import NatsServer
+from xpunet.ir.lb import service_key
+from xpunet.lb.service import LbService, encode_changes, load_existing
+from xpunet.lb.state import LbCompiler
+from xpunet.model.objects import (
+    Endpoint,
+    EndpointPort,
+    EndpointSlice,
+    Labels,
+    Node,
+    NodeAddress,
+    Service,
+    ServicePort,
+)
+from xpunet.wire import encode_object
+
+NODES = 50
+
+
+def _ip(n: int) -> str:
+    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def build(services: int, big: int, per_service: int = 10, big_size: int = 1000) -> list[Any]:
+    objs: list[Any] = [
+        Node(name=f"node-{i}", addresses=(NodeAddress("InternalIP", f"172.16.{i // 250}.{i % 250 + 1}"),))
+        for i in range(NODES)
+    ]
+    counter = 1
+    for s in range(services + big):
+        name = f"svc-{s}"
+        size = big_size if s >= services else per_service
+        objs.append(
+            Service(
+                namespace="bench",
+                name=name,
+                cluster_ips=(f"10.96.{s // 250}.{s % 250 + 1}",),
+                ports=(ServicePort(80, name="http"),),
+                selector=Labels({"app": name}),
+            )
+        )
+        eps = tuple(
+            Endpoint(addresses=(_ip(counter + i),), node_name=f"node-{(counter + i) % NODES}")
+            for i in range(size)
+        )
+        counter += size
+        objs.append(
+            EndpointSlice(
+                namespace="bench",
+                name=f"{name}-1",
+                service=name,
+                address_type="IPv4",
+                endpoints=eps,
+                ports=(EndpointPort(8080, name="http"),),
+            )
+        )
+    return objs
+
+
+def key_of(obj: Any) -> str:
+    if isinstance(obj, Node):
+        return f"node.{obj.name}"
+    return f"{obj.kind.value}.{obj.namespace}.{obj.name}"
+
+
+def changed_slice(s: int, step: int) -> EndpointSlice:
+    """Service s's slice with its first endpoint replaced (a fresh IP each step)."""
+    name = f"svc-{s}"
+    first = (1 << 23) + step
+    rest = [
+        Endpoint(addresses=(_ip(1 + s * 10 + i),), node_name=f"node-{(1 + s * 10 + i) % NODES}")
+        for i in range(1, 10)
+    ]
+    eps = (Endpoint(addresses=(_ip(first),), node_name="node-0"), *rest)
+    return EndpointSlice(
+        namespace="bench",
+        name=f"{name}-1",
+        service=name,
+        address_type="IPv4",
+        endpoints=eps,
+        ports=(EndpointPort(8080, name="http"),),
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def pure(services: int, big: int, changes: int) -> dict[str, Any]:
+    objs = build(services, big)
+    c = LbCompiler()
+    t0 = time.perf_counter()
+    for o in objs:
+        c.update(o)
+    out = c.flush()
+    t1 = time.perf_counter()
+    encoded = encode_changes(out.intents)
+    t2 = time.perf_counter()
+    lat: list[float] = []
+    for step in range(changes):
+        s = step % min(services, 1000)
+        t = time.perf_counter()
+        c.update(changed_slice(s, step))
+        ch = c.flush()
+        encode_changes(ch.intents)
+        lat.append((time.perf_counter() - t) * 1000)
+    return {
+        "services": services + big,
+        "compile_s": round(t1 - t0, 3),
+        "encode_s": round(t2 - t1, 3),
+        "intent_keys": len(encoded),
+        "intent_bytes": sum(len(v) for v in encoded.values() if v),
+        "change_compile_ms_p50": pct(lat, 0.5),
+        "change_compile_ms_p99": pct(lat, 0.99),
+    }
+
+
+async def end_to_end(bus: NatsBus, services: int, big: int, changes: int, tag: str) -> dict[str, Any]:
+    k8s, intents, status = [await bus.kv(f"bench-{tag}-{b}") for b in ("k8s", "intent", "status")]
+    try:
+        objs = build(services, big)
+        batch = {key_of(o): encode_object(o) for o in objs}
+        keys = list(batch)
+        for i in range(0, len(keys), 5000):
+            await k8s.put_many({k: batch[k] for k in keys[i : i + 5000]})
+        for kind in ("service", "endpointslice", "node"):
+            await k8s.put(f"sync.{kind}", b"\x80")
+        del batch, objs
+
+        t0 = time.perf_counter()
+        compiler = LbCompiler()
+        existing, rejections = await load_existing(intents, status)
+        compiler.seed(existing, rejections)
+        service = LbService(compiler, k8s=k8s, intents=intents, status=status, flush_interval=0.0)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(service.run(stopping))
+        await service.synced.wait()
+        cold = time.perf_counter() - t0
+
+        watch = intents.watch("global.lb.svc.bench.")
+        async for item in watch:
+            if isinstance(item, InSync):
+                break
+        lat: list[float] = []
+        for step in range(changes):
+            s = step % min(services, 1000)
+            key = service_key("bench", f"svc-{s}", "TCP", 80, "ipv4")
+            t = time.perf_counter()
+            await k8s.put(f"endpointslice.bench.svc-{s}-1", encode_object(changed_slice(s, step)))
+            async for item in watch:
+                if isinstance(item, KVEntry) and item.key == key:
+                    break
+            lat.append((time.perf_counter() - t) * 1000)
+        await watch.aclose()
+        stopping.set()
+        await task
+        return {
+            "services": services + big,
+            "cold_to_in_sync_s": round(cold, 3),
+            "change_e2e_ms_p50": pct(lat, 0.5),
+            "change_e2e_ms_p99": pct(lat, 0.99),
+            "change_e2e_ms_mean": round(statistics.fmean(lat), 3),
+        }
+    finally:
+        for b in ("k8s", "intent", "status"):
+            await bus.delete_kv(f"bench-{tag}-{b}")
+
+
+async def with_nats(args: argparse.Namespace) -> dict[str, Any]:
+    with NatsServer(name="xpunet-bench") as server:
+        bus = await connect(server.url, name="bench-lb", initial_timeout=10, request_timeout=30)
+        try:
+            full = await end_to_end(bus, args.services, args.big, args.changes, "full")
+            small = await end_to_end(bus, 100, 0, args.changes, "small")
+        finally:
+            await bus.drain()
+    return {"full": full, "small": small}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--services", type=int, default=10000)
+    parser.add_argument("--big", type=int, default=3, help="extra services with 1,000 endpoints")
+    parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="1,000 services, 1 big, 50 changes")
+    parser.add_argument("--no-nats", action="store_true", help="compiler only")
+    args = parser.parse_args()
+    if args.quick:
+        args.services, args.big, args.changes = 1000, 1, 50
+    result: dict[str, Any] = {"pure": pure(args.services, args.big, args.changes)}
+    result["pure_small"] = pure(100, 0, args.changes)
+    if not args.no_nats:
+        result["nats"] = asyncio.run(with_nats(args))
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
