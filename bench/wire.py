@@ -1,0 +1,106 @@
+"""Wire codec benchmark: objects/s through to_wire, from_wire and the msgpack envelope, plus parsing.
+
+Pods are the hot path (the watcher mirrors every pod of the cluster); a
+mid-sized NetworkPolicy shows the cost of deep nesting.  Prints one JSON
+object; ``--quick`` runs small sizes for a smoke check.
+
+    .venv/bin/python bench/wire.py              # 150k pods, 10k policies
+    .venv/bin/python bench/wire.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from xpunet.model import ContainerPort, Labels, NetworkPolicy, Pod, parse_object, parse_pod
+from xpunet.model.samples import sample
+from xpunet.wire import decode_object, encode_object, from_wire, to_wire
+
+
+def make_pods(n: int) -> list[Pod]:
+    return [
+        Pod(
+            namespace=f"ns-{i % 100}",
+            name=f"web-{i}",
+            uid=f"9b1c6a52-0000-4000-8000-{i:012d}",
+            node=f"node-{i % 500}",
+            ips=(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",),
+            labels=Labels({"app": f"app-{i % 1000}", "tier": "web", "pod-template-hash": "5d8f7c9b4"}),
+            ports=(ContainerPort(8080, "TCP", "http"), ContainerPort(9090, "TCP", "metrics")),
+            phase="Running",
+            ready=True,
+        )
+        for i in range(n)
+    ]
+
+
+def make_policies(n: int) -> list[NetworkPolicy]:
+    out = []
+    for i in range(n):
+        raw = sample("networkpolicy")
+        raw["metadata"]["name"] = f"policy-{i}"
+        policy = parse_object(raw)
+        assert isinstance(policy, NetworkPolicy)
+        out.append(policy)
+    return out
+
+
+def rate(fn: Callable[[Any], Any], items: Sequence[Any]) -> float:
+    """Objects per second of ``fn`` over ``items`` (one pass, after a short warm-up)."""
+    for item in items[:100]:
+        fn(item)
+    start = time.perf_counter()
+    for item in items:
+        fn(item)
+    return round(len(items) / (time.perf_counter() - start))
+
+
+def measure(objs: Sequence[Any]) -> dict[str, Any]:
+    cls = type(objs[0])
+    wires = [to_wire(o) for o in objs]
+    blobs = [encode_object(o) for o in objs]
+    return {
+        "count": len(objs),
+        "bytes_per_object": round(sum(map(len, blobs)) / len(blobs)),
+        "to_wire_per_s": rate(to_wire, objs),
+        "from_wire_per_s": rate(lambda w: from_wire(cls, w), wires),
+        "encode_per_s": rate(encode_object, objs),
+        "decode_per_s": rate(decode_object, blobs),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke check)")
+    parser.add_argument("--pods", type=int, default=150_000)
+    parser.add_argument("--policies", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    n_pods, n_policies = (5_000, 500) if args.quick else (args.pods, args.policies)
+
+    pods = make_pods(n_pods)
+    pod_json = []
+    for pod in pods[: min(n_pods, 20_000)]:
+        raw = sample("pod")
+        raw["metadata"]["name"] = pod.name
+        raw["status"]["podIPs"] = [{"ip": pod.ips[0]}]
+        pod_json.append(copy.deepcopy(raw))
+    result = {
+        "benchmark": "wire",
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "pod": measure(pods),
+        "network_policy": measure(make_policies(n_policies)),
+        "parse_pod_json_per_s": rate(parse_pod, pod_json),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
