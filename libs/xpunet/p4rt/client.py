@@ -134,6 +134,38 @@ def map_rpc_error(exc: grpc.aio.AioRpcError, *, offset: int = 0, what: str = "")
     return classify(code, message, tuple(updates))
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_UPDATES_TAG = _varint((p4runtime_pb2.WriteRequest.DESCRIPTOR.fields_by_name["updates"].number << 3) | 2)
+_UPDATE_PREFIX = [_UPDATES_TAG + _varint(n) for n in range(4096)]
+
+
+def encode_write_request(
+    header: p4runtime_pb2.WriteRequest, updates: Sequence[p4runtime_pb2.Update]
+) -> bytes:
+    """Serialise a WriteRequest without copying ``updates`` into it.
+
+    Appending each update's own encoding as a ``updates`` field is exactly the
+    wire form of the repeated field, and half the cost of ``updates.extend``
+    (which deep-copies every message) followed by serialisation.
+    """
+    parts = [header.SerializeToString()]
+    prefix = _UPDATE_PREFIX
+    for update in updates:
+        data = update.SerializeToString()
+        n = len(data)
+        parts.append(prefix[n] if n < 4096 else _UPDATES_TAG + _varint(n))
+        parts.append(data)
+    return b"".join(parts)
+
+
 def _uint128(value: int) -> p4runtime_pb2.Uint128:
     return p4runtime_pb2.Uint128(high=value >> 64, low=value & _U64)
 
@@ -157,6 +189,7 @@ class P4RuntimeClient:
         self._stub: Any = None  # the generated stub is untyped
         self._stream_task: asyncio.Task[None] | None = None
         self._call: Any = None  # the open StreamChannel call, if any
+        self._write_raw: Any = None
         self._closed = False
         self.packets_in: asyncio.Queue[p4runtime_pb2.PacketIn] = asyncio.Queue(maxsize=10_000)
 
@@ -183,6 +216,10 @@ class P4RuntimeClient:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.aio.secure_channel(self.settings.address, creds, options=options)
         self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)  # type: ignore[no-untyped-call]
+        # Write takes pre-encoded bytes (see encode_write_request).
+        self._write_raw = self._channel.unary_unary(
+            "/p4.v1.P4Runtime/Write", response_deserializer=p4runtime_pb2.WriteResponse.FromString
+        )
         self._stream_task = asyncio.create_task(
             self._keep_stream(), name=f"p4rt-stream-{self.settings.address}"
         )
@@ -346,11 +383,22 @@ class P4RuntimeClient:
         return config
 
     async def set_pipeline(
-        self, p4info: p4info_pb2.P4Info, *, device_config: bytes = b"", cookie: int | None = None
+        self,
+        p4info: p4info_pb2.P4Info,
+        *,
+        device_config: bytes = b"",
+        cookie: int | None = None,
+        keep_state: bool = True,
     ) -> PipelineAction:
-        """Install ``p4info``: VERIFY_AND_COMMIT on an empty target, RECONCILE_AND_COMMIT otherwise."""
+        """Install ``p4info``: VERIFY_AND_COMMIT on an empty target, RECONCILE_AND_COMMIT otherwise.
+
+        ``keep_state=False`` always commits (the target's tables are cleared).
+        """
         if cookie is None:
             cookie = pipeline_cookie(p4info, device_config)
+        if not keep_state:
+            await self._set_pipeline_rpc(p4info, device_config, cookie, _Cfg.VERIFY_AND_COMMIT)
+            return PipelineAction.INSTALLED
         current = await self.get_pipeline_cookie()
         action = PipelineAction.INSTALLED if current is None else PipelineAction.RECONCILED
         try:
@@ -408,15 +456,15 @@ class P4RuntimeClient:
         rejected: list[UpdateError] = []
         size = self.settings.max_batch
         for start in range(0, len(updates), size):
-            request = p4runtime_pb2.WriteRequest(
+            header = p4runtime_pb2.WriteRequest(
                 device_id=self.settings.device_id,
                 role=self.settings.role,
                 election_id=_uint128(self._election_id),
                 atomicity=atomicity,
             )
-            request.updates.extend(updates[start : start + size])
+            request = encode_write_request(header, updates[start : start + size])
             try:
-                await self._stub.Write(request, timeout=self.settings.rpc_timeout)
+                await self._write_raw(request, timeout=self.settings.rpc_timeout)
             except grpc.aio.AioRpcError as exc:
                 error = map_rpc_error(exc, offset=start, what="Write")
                 if not error.updates:

@@ -122,9 +122,11 @@ class TableSpec:
     actions_by_id: Mapping[int, ActionRef] = field(init=False, compare=False, repr=False)
     needs_priority: bool = field(init=False, compare=False)
     exact_count: int = field(init=False, compare=False)  # exact fields may never be omitted
+    field_index: Mapping[int, int] = field(init=False, compare=False, repr=False)  # field id -> position
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields_by_id", {f.id: f for f in self.match_fields})
+        object.__setattr__(self, "field_index", {f.id: i for i, f in enumerate(self.match_fields)})
         object.__setattr__(
             self, "exact_count", sum(1 for f in self.match_fields if f.match_kind is MatchKind.EXACT)
         )

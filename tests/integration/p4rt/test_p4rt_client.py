@@ -76,9 +76,9 @@ async def test_backup_without_takeover_stays_backup_when_primary_leaves(connect:
         async with connect(election_id=10) as primary:
             async with asyncio.timeout(WAIT):
                 await primary.wait_primary()
+                await backup.wait_for(lambda s: s.role is Role.BACKUP and s.has_primary)
         async with asyncio.timeout(WAIT):
-            arb = await backup.wait_for(lambda s: not s.has_primary)
-        assert arb.role is Role.BACKUP
+            arb = await backup.wait_for(lambda s: s.role is Role.BACKUP and not s.has_primary)
         assert arb.primary_election_id == 10
 
 

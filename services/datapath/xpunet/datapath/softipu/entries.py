@@ -96,15 +96,23 @@ def table_of(schema: PipelineSchema, table_id: int) -> TableSpec:
 
 
 def match_key(table: TableSpec, entry: p4runtime_pb2.TableEntry, canon: Canonicaliser) -> MatchKey:
-    """The canonical identity of ``entry`` in ``table`` (validates every match field)."""
-    fields = table.fields_by_id
-    parts: list[tuple[int, Any]] = []
+    """The canonical identity of ``entry`` in ``table`` (validates every match field).
+
+    Layout: one slot per match field of the table, in P4Info order (None for an
+    omitted don't-care field), then the priority.  :func:`fast_key` builds the
+    same layout.
+    """
+    index = table.field_index
+    slots: list[Any] = [None] * len(index)
     exact_seen = 0
     for fm in entry.match:
         fid = fm.field_id
-        spec = fields.get(fid)
-        if spec is None:
+        pos = index.get(fid)
+        if pos is None:
             raise invalid(f"table {table.name}: match field id {fid} does not exist")
+        spec = table.match_fields[pos]
+        if slots[pos] is not None:
+            raise invalid(f"table {table.name}: match field {spec.name} repeated")
         kind = spec.match_kind
         which = fm.WhichOneof("field_match_type")
         if which != _KIND_ONEOF[kind]:
@@ -137,22 +145,147 @@ def match_key(table: TableSpec, entry: p4runtime_pb2.TableEntry, canon: Canonica
             comp = (low, high)
         else:
             comp = canon.value(width, fm.optional.value, what)
-        parts.append((fid, comp))
+        slots[pos] = comp
     if exact_seen != table.exact_count:
         raise invalid(f"table {table.name}: every exact field must be present")
-    if len(parts) > 1:
-        parts.sort(key=_first)
-        for i in range(1, len(parts)):
-            if parts[i][0] == parts[i - 1][0]:
-                raise invalid(f"table {table.name}: match field id {parts[i][0]} repeated")
     problem = check_priority(table, entry.priority)
     if problem is not None:
         raise invalid(problem)
-    return (*parts, entry.priority)
+    slots.append(entry.priority)
+    return tuple(slots)
 
 
-def _first(part: tuple[int, Any]) -> int:
-    return part[0]
+# ----------------------------------------------------------------- fast path
+#
+# The common case (canonical values, a valid entry) decided with as few
+# protobuf accesses and Python calls as possible.  ``None``/False means "not
+# sure": the caller then runs the full check above, which gives the verdict and
+# the error message.  The fast path never accepts what the full check rejects.
+
+_K_EXACT, _K_LPM, _K_TERNARY, _K_RANGE, _K_OPTIONAL = range(5)
+_KIND_CODE = {_EXACT: _K_EXACT, _LPM: _K_LPM, _TERNARY: _K_TERNARY, _RANGE: _K_RANGE, _OPTIONAL: _K_OPTIONAL}
+_MAX_PRIORITY = 0x7FFFFFFF
+
+
+class KeyPlan:
+    """Per-table facts for the fast path, precomputed once per installed pipeline."""
+
+    __slots__ = ("actions", "exact_count", "fields", "needs_priority", "nfields")
+
+    def __init__(self, schema: PipelineSchema, table: TableSpec) -> None:
+        self.fields = {
+            f.id: (pos, _KIND_CODE[f.match_kind], f.width.nbytes, f.width.max_first_byte, f.bitwidth)
+            for pos, f in enumerate(table.match_fields)
+        }
+        self.nfields = len(table.match_fields)
+        self.exact_count = table.exact_count
+        self.needs_priority = table.needs_priority
+        # action id -> ({param id: (bit, nbytes, max lead byte)}, all bits)
+        self.actions: dict[int, tuple[dict[int, tuple[int, int, int]], int]] = {}
+        for ref in table.action_refs:
+            if ref.scope is ActionScope.DEFAULT_ONLY:
+                continue
+            spec = schema.actions_by_id[ref.action_id]
+            params = {
+                p.id: (1 << i, p.width.nbytes, p.width.max_first_byte) for i, p in enumerate(spec.params)
+            }
+            self.actions[ref.action_id] = (params, (1 << len(spec.params)) - 1)
+
+
+def fast_key(plan: KeyPlan, entry: p4runtime_pb2.TableEntry) -> MatchKey | None:
+    fields = plan.fields
+    slots: list[Any] = [None] * plan.nfields
+    exact_seen = 0
+    for fm in entry.match:
+        info = fields.get(fm.field_id)
+        if info is None:
+            return None
+        pos, kind, nbytes, maxb, bitwidth = info
+        if slots[pos] is not None:
+            return None
+        if kind == _K_EXACT:
+            v = fm.exact.value
+            n = len(v)
+            if not (0 < n <= nbytes and (n == 1 or v[0]) and (n < nbytes or v[0] <= maxb)):
+                return None
+            slots[pos] = v
+            exact_seen += 1
+        elif kind == _K_LPM:
+            lpm = fm.lpm
+            v = lpm.value
+            plen = lpm.prefix_len
+            n = len(v)
+            if not (0 < n <= nbytes and (n == 1 or v[0]) and (n < nbytes or v[0] <= maxb)):
+                return None
+            if not 0 < plen <= bitwidth or int.from_bytes(v, "big") & ((1 << (bitwidth - plen)) - 1):
+                return None
+            slots[pos] = (v, plen)
+        elif kind == _K_TERNARY:
+            t = fm.ternary
+            v = t.value
+            m = t.mask
+            n = len(v)
+            if not (0 < n <= nbytes and (n == 1 or v[0]) and (n < nbytes or v[0] <= maxb)):
+                return None
+            n = len(m)
+            if not (0 < n <= nbytes and (n == 1 or m[0]) and (n < nbytes or m[0] <= maxb)):
+                return None
+            mi = int.from_bytes(m, "big")
+            if mi == 0 or int.from_bytes(v, "big") & ~mi:
+                return None
+            slots[pos] = (v, m)
+        elif kind == _K_RANGE:
+            r = fm.range
+            lo = r.low
+            hi = r.high
+            n = len(lo)
+            if not (0 < n <= nbytes and (n == 1 or lo[0]) and (n < nbytes or lo[0] <= maxb)):
+                return None
+            n = len(hi)
+            if not (0 < n <= nbytes and (n == 1 or hi[0]) and (n < nbytes or hi[0] <= maxb)):
+                return None
+            li = int.from_bytes(lo, "big")
+            hi_i = int.from_bytes(hi, "big")
+            if li > hi_i or (li == 0 and hi_i == (1 << bitwidth) - 1):
+                return None
+            slots[pos] = (lo, hi)
+        else:
+            v = fm.optional.value
+            n = len(v)
+            if not (0 < n <= nbytes and (n == 1 or v[0]) and (n < nbytes or v[0] <= maxb)):
+                return None
+            slots[pos] = v
+    if exact_seen != plan.exact_count:
+        return None
+    priority = entry.priority
+    if plan.needs_priority:
+        if not 0 < priority <= _MAX_PRIORITY:
+            return None
+    elif priority:
+        return None
+    slots.append(priority)
+    return tuple(slots)
+
+
+def fast_action_ok(plan: KeyPlan, action: p4runtime_pb2.Action) -> bool:
+    known = plan.actions.get(action.action_id)
+    if known is None:
+        return False
+    params, full = known
+    seen = 0
+    for p in action.params:
+        info = params.get(p.param_id)
+        if info is None:
+            return False
+        bit, nbytes, maxb = info
+        if seen & bit:
+            return False
+        seen |= bit
+        v = p.value
+        n = len(v)
+        if not (0 < n <= nbytes and (n == 1 or v[0]) and (n < nbytes or v[0] <= maxb)):
+            return False
+    return seen == full
 
 
 def check_action(

@@ -24,10 +24,13 @@ from p4.v1 import p4runtime_pb2
 from xpunet.datapath.softipu.entries import (
     Canonicaliser,
     EntityError,
+    KeyPlan,
     MatchKey,
     canonicalise_match,
     check_action,
     check_params,
+    fast_action_ok,
+    fast_key,
     invalid,
     match_key,
     table_of,
@@ -51,6 +54,7 @@ _OK_RESULT: UpdateResult = (OK, "")
 @dataclass(slots=True)
 class TableState:
     spec: TableSpec
+    plan: KeyPlan
     entries: dict[MatchKey, p4runtime_pb2.TableEntry] = field(default_factory=dict)
     # Direct counter cells, [bytes, packets], for tables with a direct counter.
     counters: dict[MatchKey, list[int]] = field(default_factory=dict)
@@ -81,7 +85,9 @@ class DeviceState:
         self.pipeline = pipeline
         self.schema = pipeline.schema
         self.strict = strict_bytestrings
-        self.tables: dict[int, TableState] = {t.id: TableState(t) for t in self.schema.tables}
+        self.tables: dict[int, TableState] = {
+            t.id: TableState(t, KeyPlan(self.schema, t)) for t in self.schema.tables
+        }
         self.profiles: dict[int, ProfileState] = {p.id: ProfileState() for p in self.schema.action_profiles}
         self.counter_cells: dict[int, dict[int, list[int]]] = {c.id: {} for c in self.schema.counters}
         # Every table whose entries point at an action profile, by profile.
@@ -152,8 +158,11 @@ class DeviceState:
             return
         if spec.is_const_table:
             raise EntityError(code_pb2.PERMISSION_DENIED, f"table {spec.name} is const")
-        canon = Canonicaliser(self.strict)
-        key = match_key(spec, entry, canon)
+        canon: Canonicaliser | None = None
+        key = fast_key(state.plan, entry)
+        if key is None:
+            canon = Canonicaliser(self.strict)
+            key = match_key(spec, entry, canon)
         entries = state.entries
         old = entries.get(key)
         if utype == _DELETE:
@@ -169,14 +178,17 @@ class DeviceState:
             raise EntityError(code_pb2.ALREADY_EXISTS, f"table {spec.name}: entry already exists")
         if utype == _MODIFY and old is None:
             raise EntityError(code_pb2.NOT_FOUND, f"table {spec.name}: no such entry")
-        self._check_table_action(spec, entry, canon)
+        if spec.implementation_id or canon is not None or not fast_action_ok(state.plan, entry.action.action):
+            canon = canon or Canonicaliser(self.strict)
+            self._check_table_action(spec, entry, canon)
         if utype == _INSERT and spec.size and len(entries) >= spec.size:
             raise EntityError(code_pb2.RESOURCE_EXHAUSTED, f"table {spec.name} is full ({spec.size} entries)")
-        if canon.rewrote:
+        if canon is not None and canon.rewrote:
             canonicalise_match(entry)
-        self._hold_action(spec, entry.action)
-        if old is not None:
-            self._release_action(spec, old.action)
+        if spec.implementation_id:
+            self._hold_action(spec, entry.action)
+            if old is not None:
+                self._release_action(spec, old.action)
         entries[key] = entry
         if spec.direct_counter_id:
             if utype == _INSERT:
