@@ -63,12 +63,16 @@ def describe(value: Any) -> str:
 
 
 def as_map(o: Obj, value: Any, path: str) -> JSONMap:
+    if type(value) is dict:  # the common case, without the slower ABC check
+        return value
     if not isinstance(value, Mapping):
         o.fail(path, f"expected an object, got {type(value).__name__}")
     return value
 
 
 def as_list(o: Obj, value: Any, path: str) -> Sequence[Any]:
+    if type(value) is list:
+        return value
     if not isinstance(value, list | tuple):
         o.fail(path, f"expected a list, got {type(value).__name__}")
     return value
@@ -87,25 +91,37 @@ def as_int(o: Obj, value: Any, path: str) -> int:
     return value
 
 
+# The opt_*/req_* readers build the error path only when they fail: they run
+# for every field of every object, and most objects are fine.
+
+
 def opt_map(o: Obj, parent: JSONMap, key: str, path: str) -> JSONMap:
     """``parent[key]`` as a map; absent or null reads as an empty map."""
     value = parent.get(key)
+    if type(value) is dict:
+        return value
     return {} if value is None else as_map(o, value, sub(path, key))
 
 
 def opt_list(o: Obj, parent: JSONMap, key: str, path: str) -> Sequence[Any]:
     """``parent[key]`` as a list; absent or null reads as an empty list."""
     value = parent.get(key)
+    if type(value) is list:
+        return value
     return () if value is None else as_list(o, value, sub(path, key))
 
 
 def opt_str(o: Obj, parent: JSONMap, key: str, path: str) -> str | None:
     value = parent.get(key)
-    return None if value is None else as_str(o, value, sub(path, key))
+    if value is None or type(value) is str:
+        return value
+    return as_str(o, value, sub(path, key))
 
 
 def req_str(o: Obj, parent: JSONMap, key: str, path: str) -> str:
     value = parent.get(key)
+    if type(value) is str and value:
+        return value
     if value is None or value == "":
         o.fail(sub(path, key), "is required")
     return as_str(o, value, sub(path, key))
@@ -113,7 +129,9 @@ def req_str(o: Obj, parent: JSONMap, key: str, path: str) -> str:
 
 def opt_int(o: Obj, parent: JSONMap, key: str, path: str) -> int | None:
     value = parent.get(key)
-    return None if value is None else as_int(o, value, sub(path, key))
+    if value is None or type(value) is int:
+        return value
+    return as_int(o, value, sub(path, key))
 
 
 def opt_bool(o: Obj, parent: JSONMap, key: str, path: str) -> bool | None:
