@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import itertools
 import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from xpunet.bus.api import InSync, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ def status(code: int, reason: str, message: str) -> JSON:
     }
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Watch:
     resource: Resource
     namespace: str | None
@@ -277,7 +280,7 @@ class FakeKubeAPI:
                 raise _HTTPError(code, "InternalError", f"injected failure {code}")
             res, namespace, name = _route(request.path)
             if request.method == "GET" and name is None:
-                if request.query.get("watch") in ("true", "1"):
+                if _flag(request.query.get("watch")):
                     return await self._serve_watch(request, res, namespace)
                 return web.json_response(self._list(res, namespace, request.query))
             if request.method == "GET" and name is not None:
@@ -348,7 +351,7 @@ class FakeKubeAPI:
     async def _serve_watch(
         self, request: web.Request, res: Resource, namespace: str | None
     ) -> web.StreamResponse:
-        bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
+        bookmarks = _flag(request.query.get("allowWatchBookmarks"))
         timeout = float(request.query.get("timeoutSeconds", "0") or 0) or None
         rv_text = request.query.get("resourceVersion", "")
         watch = _Watch(res, namespace)
@@ -404,6 +407,11 @@ class FakeKubeAPI:
         finally:
             self._watches.discard(watch)
         return resp
+
+
+def _flag(value: str | None) -> bool:
+    # Go's strconv.ParseBool, which the API server uses for query flags.
+    return value in ("1", "t", "T", "true", "TRUE", "True")
 
 
 def _line(etype: str, obj: JSON) -> bytes:
@@ -555,3 +563,54 @@ def synthetic_cluster(
         yield endpoint_slice(ns, f"svc-{i}-abcde", service_name=f"svc-{i}", ips=ips)
     for i in range(policies):
         yield network_policy(ns_names[i % namespaces], f"policy-{i}", app=f"svc-{i % max(services, 1)}")
+
+
+# --- following the mirror in KV, for tests that wait for the watcher ------------------------------
+
+
+class KVFollower:
+    """Follows a KV bucket (``StateStore.watch``) into a dict, so tests can wait for a condition on it."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self.values: dict[str, bytes] = {}
+        self.revisions: dict[str, int] = {}
+        self.puts: dict[str, int] = {}  # how many times each key was written (after the snapshot)
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> KVFollower:
+        self._task = asyncio.create_task(self._follow())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        async for item in self._store.watch(""):
+            if isinstance(item, InSync):
+                continue
+            if item.value is None:
+                self.values.pop(item.key, None)
+            else:
+                self.values[item.key] = item.value
+                self.puts[item.key] = self.puts.get(item.key, 0) + 1
+            self.revisions[item.key] = item.revision
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def until(self, predicate: Callable[[dict[str, bytes]], bool], *, within: float = 30.0) -> None:
+        """Wait until ``predicate(values)`` holds (TimeoutError after ``within`` seconds)."""
+        try:
+            async with asyncio.timeout(within), self._changed:
+                await self._changed.wait_for(lambda: predicate(self.values))
+        except TimeoutError:
+            raise TimeoutError(
+                f"KV condition not met within {within}s; keys now: {sorted(self.values)}"
+            ) from None
+
+    def keys(self, prefix: str) -> set[str]:
+        return {k for k in self.values if k.startswith(prefix)}
