@@ -9,6 +9,10 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.xpunet-installed
 GEN_STAMP := libs/xpunet/_gen/.stamp
+# p4runtime-shell (softipu conformance test) pins protobuf < 3.21: its own venv.
+P4SHELL_VENV := .venv-p4shell
+P4SHELL_STAMP := $(P4SHELL_VENV)/.installed
+P4SHELL_REQS := tests/integration/softipu/p4shell-requirements.txt
 # Debian packages: the kernel tools the host target and the tests drive, and
 # real BGP daemons used as peers.
 APT_PACKAGES := iproute2 nftables conntrack procps
@@ -40,7 +44,7 @@ e2e: deps
 bench: deps
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
-deps: apt $(STAMP) $(GEN_STAMP)
+deps: apt $(STAMP) $(GEN_STAMP) $(P4SHELL_STAMP)
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -66,5 +70,10 @@ $(GEN_STAMP): $(STAMP) tools/gen_protos.py $(wildcard protos/*.proto protos/**/*
 	$(PY) tools/gen_protos.py
 	mkdir -p $(dir $@) && touch $@
 
+$(P4SHELL_STAMP): $(P4SHELL_REQS)
+	test -x $(P4SHELL_VENV)/bin/python || $(PYTHON) -m venv $(P4SHELL_VENV)
+	$(P4SHELL_VENV)/bin/python -m pip install -q -r $(P4SHELL_REQS)
+	touch $@
+
 clean:
-	rm -rf $(VENV) libs/xpunet/_gen build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(P4SHELL_VENV) libs/xpunet/_gen build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
