@@ -128,6 +128,10 @@ class NatsServer:
         return self._store_dir
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def log_path(self) -> Path | None:
         return self._workdir / "nats-server.log" if self._workdir else None
 

@@ -38,7 +38,7 @@ EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 # Acks awaited at once by put_many: enough to keep the server busy, few enough
 # that a dead server is noticed within one window.
-PUT_MANY_WINDOW = 4096
+PUT_MANY_WINDOW = 2048
 
 
 def user_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -1,16 +1,22 @@
 """The KV watch: snapshot, ``InSync``, then every change in revision order, across reconnects and restarts.
 
 Each watch drives its own ephemeral push consumer on the bucket's stream
-(no acks, flow control, idle heartbeats), delivered to a fresh inbox per
-*incarnation*.  The first incarnation delivers the last message per key (the
-snapshot); its message with ``pending == 0`` ends the snapshot.  Whenever the
-consumer may have lost messages (reconnect, server restart, a gap in the
-consumer sequence, a heartbeat reporting more than we saw, heartbeats stopping)
-the watch starts a new incarnation from the last stream sequence it handed out
-+ 1, and ignores anything still queued from the old one — so nothing is lost
-and nothing is repeated.  Should that happen before the snapshot is complete,
-the snapshot is simply taken again and only revisions newer than the last one
-handed out are passed on (deletes of keys already handed out become removals).
+(no acks, idle heartbeats), delivered to a fresh inbox per *incarnation*.  The
+first incarnation delivers the last message per key (the snapshot); its
+message with ``pending == 0`` ends the snapshot.  Whenever the consumer may
+have lost messages (reconnect, server restart, a gap in the consumer sequence,
+a heartbeat reporting more than we saw, heartbeats stopping) the watch starts a
+new incarnation from the last stream sequence it handed out + 1, and ignores
+anything still arriving for the old one — so nothing is lost and nothing is
+repeated.  Should that happen before the snapshot is complete, the snapshot is
+simply taken again and only revisions newer than the last one handed out are
+passed on (deletes of keys already handed out become removals).
+
+Messages are interpreted in the subscription callback and only the results
+queued for the iterator: per-message cost is what limits throughput.  There is
+no JetStream flow control: it stalls delivery for a round trip every few
+hundred kilobytes and halved end-to-end throughput in bench/bus.py; a message
+the client library drops instead shows up as a gap and triggers a resume.
 
 A message that cannot be interpreted is logged and skipped; it never ends the watch.
 """
@@ -48,14 +54,7 @@ _DELETE_OPS: Final = frozenset({"DEL", "PURGE"})
 _MARKER_REASONS: Final = frozenset({"MaxAge", "Purge", "Remove"})
 
 
-class _Control:
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-_CLOSE = _Control("close")
+_CLOSE = "close"
 
 
 class KVWatch:
@@ -72,9 +71,11 @@ class KVWatch:
         self._filter = store.subject_prefix + rel_filter
         self._pre_len = len(store.subject_prefix)
         self._headers_only = headers_only
-        self._queue: asyncio.Queue[tuple[int, Msg] | _Control] = asyncio.Queue()
         self._ready: deque[KVEntry | InSync] = deque()
+        self._controls: deque[str] = deque()  # reasons to re-create the consumer, or _CLOSE
+        self._wakeup = asyncio.Event()
         self._gen = 0
+        self._halted = False  # the current incarnation is abandoned (reset requested)
         self._sub: NatsPySubscription | None = None
         self._consumer: str | None = None
         self._dseq = 0  # last consumer sequence handled in this incarnation
@@ -111,29 +112,20 @@ class KVWatch:
                 )
                 await self._new_incarnation("start")
                 continue
-            item = await self._queue.get()
-            if isinstance(item, _Control):
-                if item is _CLOSE:
+            if self._controls:
+                reason = self._controls.popleft()
+                if reason == _CLOSE:
                     await self.aclose()
+                elif reason.startswith("reply:"):
+                    with contextlib.suppress(BusError), mapped_errors("heartbeat reply"):
+                        await self._bus.client.publish(reason[6:], b"")
                 else:
-                    await self._new_incarnation(item.reason)
+                    # One new incarnation answers every reset asked for so far.
+                    self._controls = deque(c for c in self._controls if c == _CLOSE or c.startswith("reply:"))
+                    await self._new_incarnation(reason)
                 continue
-            gen, msg = item
-            if gen != self._gen:
-                continue  # queued by an abandoned incarnation; the new one redelivers it
-            try:
-                action = self._handle(msg)
-            except Exception:
-                # A broken message must not end the watch: log it and go on.
-                logger.exception("kv watch %s: skipping message it cannot interpret: %r", self, msg.subject)
-                continue
-            if action is None:
-                continue
-            if action.startswith("reply:"):
-                with contextlib.suppress(BusError), mapped_errors("flow control reply"):
-                    await self._bus.client.publish(action[6:], b"")
-            else:
-                await self._new_incarnation(action)
+            self._wakeup.clear()
+            await self._wakeup.wait()
         return self._ready.popleft()
 
     async def aclose(self) -> None:
@@ -156,17 +148,32 @@ class KVWatch:
     def request_reset(self, reason: str) -> None:
         """Called on reconnect: re-create the consumer from the last revision seen."""
         if not self._closed:
-            self._queue.put_nowait(_Control(reason))
+            self._halted = True
+            self._controls.append(reason)
+            self._wakeup.set()
 
     def request_close(self) -> None:
-        self._queue.put_nowait(_CLOSE)
+        self._controls.append(_CLOSE)
+        self._wakeup.set()
 
     # -- consumer lifecycle -------------------------------------------------
 
     async def _on_msg(self, msg: Msg, gen: int) -> None:
-        if gen == self._gen:
-            self._last_activity = asyncio.get_running_loop().time()
-        self._queue.put_nowait((gen, msg))
+        if gen != self._gen or self._halted:
+            return  # from an abandoned incarnation: the next one redelivers from the last revision
+        self._last_activity = asyncio.get_running_loop().time()
+        try:
+            action = self._handle(msg)
+        except Exception:
+            # A broken message must not end the watch: log it and go on.
+            logger.exception("kv watch %s: skipping message it cannot interpret: %r", self, msg.subject)
+            return
+        if action is not None:
+            if not action.startswith("reply:"):
+                self._halted = True
+            self._controls.append(action)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
     async def _drop_consumer(self) -> None:
         sub, self._sub = self._sub, None
@@ -187,7 +194,6 @@ class KVWatch:
             "ack_policy": "none",
             "max_deliver": 1,
             "replay_policy": "instant",
-            "flow_control": True,
             "idle_heartbeat": int(HEARTBEAT * _NS),
             "inactive_threshold": int(INACTIVE_THRESHOLD * _NS),
             "mem_storage": True,
@@ -213,6 +219,7 @@ class KVWatch:
             self._gen += 1
             gen = self._gen
             self._dseq = 0
+            self._halted = False
             inbox = self._bus.new_inbox()
             try:
                 with mapped_errors(f"watch {self._store.bucket}/{self._prefix}*"):
@@ -313,8 +320,6 @@ class KVWatch:
         status = headers.get("Status")
         description = headers.get("Description", "")
         if status == "100":
-            if msg.reply:  # flow control request: answer once we got this far
-                return "reply:" + msg.reply
             stalled = headers.get("Nats-Consumer-Stalled")
             if stalled:
                 return "reply:" + stalled
