@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes_asyncio import client
 from opentelemetry import metrics, trace
 
@@ -25,7 +27,8 @@ from xpunet.testing.kubeapi import (
 )
 from xpunet.watcher.engine import ApiSource, Watcher
 from xpunet.watcher.informer import InformerOptions
-from xpunet.watcher.leader import LeaderElector
+from xpunet.watcher.kube import api_client
+from xpunet.watcher.leader import LeaderElector, LeaseOptions
 from xpunet.watcher.metrics import WatcherMetrics
 from xpunet.watcher.state import sync_key
 from xpunet.wire import decode_k8s, encode_object
@@ -138,7 +141,7 @@ async def test_an_update_that_changes_nothing_used_writes_nothing(
 
 
 async def test_malformed_object_is_skipped_and_the_rest_loads(
-    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore
+    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_api.apply_many(cluster())
     bad = pod("ns1", "bad", ip="not-an-ip")
@@ -146,6 +149,8 @@ async def test_malformed_object_is_skipped_and_the_rest_loads(
     watcher = make_watcher(kv, kube)
     async with KVFollower(kv) as kvf, running(watcher):
         await kvf.until(synced_with(KEYS))
+        assert "skipping malformed pod ns1/bad" in caplog.text
+        assert "not-an-ip" in caplog.text
         # it turns good later: then it is written
         fake_api.apply(pod("ns1", "bad", ip="10.0.0.9"))
         await kvf.until(lambda v: "pod.ns1.bad" in v)
@@ -207,3 +212,66 @@ async def test_api_errors_back_off_and_recover(
     fake_api.fail_next.extend([500, 503, 500])
     async with KVFollower(kv) as kvf, running(make_watcher(kv, kube)):
         await kvf.until(synced_with(KEYS))
+
+
+async def eventually(predicate: Callable[[], bool], *, within: float = 30.0) -> None:
+    """Poll a condition on in-process state that has no event to wait on (fails after ``within``)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110  # the elector's state has no event to wait on
+            await asyncio.sleep(0.02)
+
+
+def lease_options(identity: str) -> LeaseOptions:
+    return LeaseOptions(identity=identity, lease_duration=2, renew_deadline=1.0, retry_period=0.1)
+
+
+async def test_leader_failover_reconciles_before_writing(
+    fake_api: FakeKubeAPI, tmp_path: Path, kv: StateStore
+) -> None:
+    fake_api.apply_many(cluster())
+    config = str(fake_api.write_kubeconfig(tmp_path / "kc"))
+    kube_a, kube_b = await api_client(config), await api_client(config)
+    try:
+        a = make_watcher(kv, kube_a, LeaderElector(kube_a, lease_options("a")))
+        b = make_watcher(kv, kube_b, LeaderElector(kube_b, lease_options("b")))
+        async with KVFollower(kv) as kvf, running(a) as task_a:
+            await kvf.until(synced_with(KEYS))
+            async with running(b):
+                assert b.elector is not None
+                await eventually(lambda: b.elector is not None and b.elector.holder == "a")
+                assert b.terms == 0  # standby: never wrote
+                # a dies without releasing the lease; the cluster changes while nobody leads
+                task_a.cancel()
+                fake_api.delete("Pod", "ns1", "b")
+                fake_api.apply(pod("ns1", "d", ip="10.0.0.4"))
+                fake_api.compact()
+                await kvf.until(synced_with((KEYS - {"pod.ns1.b"}) | {"pod.ns1.d"}))
+                assert b.terms == 1
+                lease = fake_api.get("Lease", "xpunet-system", "xpunet-watcher")
+                assert lease is not None
+                assert lease["spec"]["holderIdentity"] == "b"
+                assert lease["spec"]["leaseTransitions"] == 1
+                # untouched objects were not rewritten by the new leader
+                assert kvf.puts["pod.ns1.a"] == 1
+    finally:
+        await kube_a.close()
+        await kube_b.close()
+
+
+async def test_losing_the_lease_stops_the_term_and_a_later_term_reconciles(
+    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore
+) -> None:
+    fake_api.apply_many(cluster())
+    a = make_watcher(kv, kube, LeaderElector(kube, lease_options("a")))
+    async with KVFollower(kv) as kvf, running(a):
+        await kvf.until(synced_with(KEYS))
+        assert a.elector is not None
+        lease = fake_api.get("Lease", "xpunet-system", "xpunet-watcher")
+        assert lease is not None
+        lease["spec"]["holderIdentity"] = "intruder"
+        fake_api.apply(lease)
+        await eventually(lambda: a.elector is not None and not a.elector.is_leader())
+        fake_api.apply(pod("ns1", "e", ip="10.0.0.5"))
+        # the intruder never renews: a takes the lease back, reconciles, and writes the change
+        await kvf.until(has("pod.ns1.e"))
+        assert a.terms == 2
