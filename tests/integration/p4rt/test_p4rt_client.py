@@ -82,18 +82,6 @@ async def test_backup_without_takeover_stays_backup_when_primary_leaves(connect:
         assert arb.primary_election_id == 10
 
 
-async def test_duplicate_election_id_is_refused(connect: ClientFactory) -> None:
-    async with connect(election_id=7) as a:
-        async with asyncio.timeout(WAIT):
-            await a.wait_primary()
-        settings = ClientSettings(address=a.settings.address, election_id=7, reconnect_min=10.0)
-        async with P4RuntimeClient(settings) as b:
-            # The server ends b's stream with INVALID_ARGUMENT; b never arbitrates.
-            await asyncio.sleep(0)
-            assert b.arbitration.role is not Role.PRIMARY
-            assert a.arbitration.role is Role.PRIMARY
-
-
 async def test_pipeline_install_then_reconcile_keeps_entries(connect: ClientFactory) -> None:
     async with connect(election_id=1) as client:
         async with asyncio.timeout(WAIT):

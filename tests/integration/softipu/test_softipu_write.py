@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import grpc
 import pytest
-from p4.v1 import p4runtime_pb2
+from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
 from xpunet.datapath.softipu.server import SoftIpu
 from xpunet.p4rt.client import P4RuntimeClient
@@ -301,3 +302,22 @@ async def test_read_wildcards(primary: P4RuntimeClient) -> None:
     two = p4runtime_pb2.Entity()
     two.table_entry.table_id = ACL_TABLE
     assert len([e async for e in primary.read([one, two])]) == 1501
+
+
+async def test_duplicate_election_id_ends_the_stream_with_invalid_argument(
+    primary: P4RuntimeClient, softipu_server: SoftIpu
+) -> None:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{softipu_server.port}")
+    try:
+        stub = p4runtime_pb2_grpc.P4RuntimeStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        call = stub.StreamChannel()
+        request = p4runtime_pb2.StreamMessageRequest()
+        request.arbitration.device_id = 1
+        request.arbitration.election_id.low = primary.election_id  # already the primary's
+        await call.write(request)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await channel.close()
+    assert primary.arbitration.role.value == "primary"
