@@ -109,3 +109,13 @@ def routes_from_nodes(
     if not 0 < vni < 1 << 24:
         raise RouteError(f"vni {vni} is outside 1..16777215")
     return tuple(route_from_node(n, next_hop=next_hop, vni=vni) for n in sorted(nodes, key=lambda n: n.name))
+
+
+def _register_schemas() -> None:
+    # Registered here so anyone importing the schema can decode_object() route values.
+    from xpunet.wire import register
+
+    register(ROUTES_NODE_SCHEMA, NodeRoute)
+
+
+_register_schemas()
