@@ -86,3 +86,30 @@ async def test_readiness_follows_the_service_and_stop(nats_url: str) -> None:
     await task
     assert flushed == ["flushed"]
     assert host.ready_at is not None
+
+
+async def test_health_endpoint_rejects_bad_requests(nats_url: str) -> None:
+    async def run(ctx: ServiceContext[Settings]) -> None:
+        ctx.mark_ready()
+        await ctx.stopping.wait()
+
+    host = _host("http", run, _settings(nats_url))
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.run(stop))
+    await host.health_bound.wait()
+    assert host.health_url is not None
+    _, port = host.health_url.rsplit(":", 1)
+    for request, status in [
+        (b"POST /healthz HTTP/1.1\r\n\r\n", b"405"),
+        (b"nonsense\r\n\r\n", b"400"),
+        (b"GET /healthz?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\n", b"200"),
+    ]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
+        writer.write(request)
+        await writer.drain()
+        reply = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        assert reply.split(b" ", 2)[1] == status, reply
+    stop.set()
+    await task
