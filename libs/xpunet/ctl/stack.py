@@ -169,8 +169,8 @@ class Stack:
         tasks = [m.task for m in self.members if m.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for member in self.members:
-            member.telemetry.shutdown()
+        # Flushing telemetry blocks (an OTLP export may wait on its timeout); keep the loop free.
+        await asyncio.gather(*(asyncio.to_thread(m.telemetry.shutdown) for m in self.members))
         await self._stop_nats()
 
     async def _stop_nats(self) -> None:
