@@ -168,3 +168,32 @@ async def test_help_lists_every_key() -> None:
     assert "usage: xpunet-routing" in text
     assert "health.port = 8080" in text
     assert "bus.urls = ('nats://127.0.0.1:4222',)" in text
+
+
+FAILING_SERVICE = """
+import sys
+from xpunet.runtime.service import ServiceContext, Settings, run_service
+
+async def run(ctx: ServiceContext[Settings]) -> None:
+    ctx.mark_ready()
+    raise RuntimeError("compiler exploded")
+
+run_service("boom", run, Settings, sys.argv[1:])
+"""
+
+
+async def test_service_failure_exits_non_zero_with_the_error_logged(nats_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XPUNET_", "OTEL_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FAILING_SERVICE,
+        *("--nats", nats_url, "--health-port", "0"),
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    _, err = await proc.communicate()
+    log = err.decode()
+    assert proc.returncode == 1, log
+    assert "RuntimeError: compiler exploded" in log  # the traceback, on one line
+    assert 'msg="exiting with failure: boom: compiler exploded"' in log
