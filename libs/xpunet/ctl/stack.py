@@ -96,7 +96,10 @@ class Stack:
 
     def _build_members(self) -> list[Member]:
         environ = os.environ if self.options.environ is None else self.options.environ
-        files = [read_config_file(path) for path in self.options.configs]
+        configs = list(self.options.configs)
+        if not configs and environ.get("XPUNET_CONFIG"):
+            configs = [Path(environ["XPUNET_CONFIG"])]  # as for the console scripts
+        files = [read_config_file(path) for path in configs]
         # Defaults of the embedded stack, below anything the user configures.
         defaults = _named(cli_layer([f"watcher.source=dir:{self.manifests}"]), "xpunetctl stack defaults")
         members: list[Member] = []
