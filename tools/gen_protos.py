@@ -94,12 +94,22 @@ def compile_own_protos() -> None:
         [f"-I{src}", *(f"--{kind}_out={out}" for kind in ("python", "grpc_python", "pyi"))],
         protos,
     )
-    # protoc emits absolute imports rooted at the proto path; make them package-relative.
-    for generated in out.rglob("*_pb2*.py"):
+    # protoc emits absolute imports rooted at the proto path (`import a.b.m_pb2 as`,
+    # `from a.b import m_pb2 as`, the latter in _pb2_grpc modules); root them under
+    # xpunet._gen, where the modules live (protos/xpunet/infra/v1/infra.proto is
+    # imported as xpunet._gen.xpunet.infra.v1.infra_pb2).
+    for generated in [*out.rglob("*_pb2*.py"), *out.rglob("*_pb2*.pyi")]:
         text = generated.read_text()
         for proto in protos:
-            module = proto.replace("/", ".").removesuffix(".proto") + "_pb2"
-            text = text.replace(f"import {module} as", f"from xpunet._gen import {module} as")
+            package, _, name = proto.removesuffix(".proto").rpartition("/")
+            module = f"{name}_pb2"
+            dotted = package.replace("/", ".")
+            if dotted:
+                rooted = f"xpunet._gen.{dotted}"
+                text = text.replace(f"import {dotted}.{module} as", f"import {rooted}.{module} as")
+                text = text.replace(f"from {dotted} import {module} as", f"from {rooted} import {module} as")
+            else:
+                text = text.replace(f"import {module} as", f"from xpunet._gen import {module} as")
         generated.write_text(text)
     (out / "__init__.py").write_text(
         '"""Generated protobuf modules (built by tools/gen_protos.py, not committed)."""\n'
