@@ -115,6 +115,9 @@ class FakeKubeAPI:
         self._port = 0
         self.requests: list[tuple[str, str]] = []  # (method, path?query) of every request, for assertions
         self.fail_next: deque[int] = deque()  # HTTP status codes to answer the next requests with
+        # Answer a watch from a compacted resourceVersion with HTTP 410 instead of an ERROR event
+        # (older API servers and some proxies do).
+        self.gone_as_http_status = False
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -366,6 +369,8 @@ class FakeKubeAPI:
                 raise _HTTPError(400, "BadRequest", f"invalid resourceVersion {rv_text!r}") from None
             if since < table.floor:
                 msg = f"too old resource version: {since} ({table.floor})"
+                if self.gone_as_http_status:
+                    raise _HTTPError(410, "Gone", msg)
                 backlog = [("ERROR", status(410, "Expired", msg)), _END]
             else:
                 backlog = [

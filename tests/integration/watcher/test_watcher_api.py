@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 from opentelemetry import metrics, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from xpunet.bus.api import StateStore
 from xpunet.bus.backoff import Backoff
@@ -156,9 +159,11 @@ async def test_malformed_object_is_skipped_and_the_rest_loads(
         await kvf.until(lambda v: "pod.ns1.bad" in v)
 
 
+@pytest.mark.parametrize("as_http_status", [False, True], ids=["error-event", "http-410"])
 async def test_relist_after_410_deletes_stale_keys(
-    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore
+    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore, as_http_status: bool
 ) -> None:
+    fake_api.gone_as_http_status = as_http_status
     fake_api.apply_many(cluster())
     watcher = make_watcher(kv, kube)
     async with KVFollower(kv) as kvf, running(watcher):
@@ -275,3 +280,41 @@ async def test_losing_the_lease_stops_the_term_and_a_later_term_reconciles(
         # the intruder never renews: a takes the lease back, reconciles, and writes the change
         await kvf.until(has("pod.ns1.e"))
         assert a.terms == 2
+
+
+async def test_each_write_is_traced_and_carries_its_context(
+    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    fake_api.apply_many(cluster())
+    watcher = Watcher(
+        store=kv,
+        source=ApiSource(kube, FAST),
+        encode=encode_object,
+        tracer=provider.get_tracer("test"),
+        metrics=WatcherMetrics(metrics.get_meter("test")),
+        write_batch=3,
+    )
+    async with KVFollower(kv) as kvf, running(watcher):
+        await kvf.until(synced_with(KEYS))
+        live = pod("ns1", "a", ip="10.0.9.9", node="n1")
+        fake_api.apply(live)
+        await kvf.until(lambda v: decode_k8s(v["pod.ns1.a"]).ips == ("10.0.9.9",))  # type: ignore[union-attr]  # a Pod
+    entry = await kv.get("pod.ns1.a")
+    assert entry is not None
+    span = next(
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == "watcher.kv_write"
+        and (s.attributes or {}).get("xpunet.kv.key") == "pod.ns1.a"
+        and (s.attributes or {}).get("k8s.resource_version") == str(fake_api.resource_version)
+    )
+    attrs = dict(span.attributes or {})
+    assert attrs["k8s.kind"] == "pod"
+    assert attrs["k8s.namespace"] == "ns1"
+    assert attrs["k8s.name"] == "a"
+    assert span.context is not None
+    assert entry.headers["traceparent"].split("-")[2] == format(span.context.span_id, "016x")
+    provider.shutdown()
