@@ -21,6 +21,8 @@ from kubernetes_asyncio import client
 from opentelemetry.trace import Tracer
 
 from xpunet.bus.api import InSync, StateStore
+from xpunet.bus.backoff import Backoff
+from xpunet.bus.errors import BusUnavailable
 from xpunet.model import Kind
 from xpunet.watcher.feed import Feed
 from xpunet.watcher.informer import Informer, InformerOptions
@@ -96,6 +98,8 @@ class Watcher:
         self.feed: Feed | None = None  # the current term's, for tests and status
         self.writer: KVWriter | None = None
         self.terms = 0
+        self._bus_failures = 0
+        self._backoff = Backoff(initial=0.2, factor=2.0, maximum=10.0)
 
     async def run(self) -> None:
         while True:
@@ -110,10 +114,19 @@ class Watcher:
                     tg.create_task(self._term(), name="term")
             except* LeadershipLostError as group:
                 log.warning("leadership lost (%s); back to standby", group.exceptions[0])
+            except* BusUnavailable as group:
+                # NATS is down (reading the bucket at the start of a term): the bus reconnects
+                # by itself; start a fresh term from the bucket once it answers again.
+                self._bus_failures += 1
+                delay = self._backoff.delay(self._bus_failures)
+                log.warning("term ended, bus unavailable (%s); retrying in %.2fs", group.exceptions[0], delay)
+                await asyncio.sleep(delay)
+
 
     async def _term(self) -> None:
         self.terms += 1
         existing = await read_bucket(self._store)
+        self._bus_failures = 0
         log.info(
             "leading (term %d): %d keys in %s to reconcile against",
             self.terms,

@@ -21,9 +21,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from xpunet.bus.api import BUCKET_K8S, StateStore
+from xpunet.bus.api import BUCKET_K8S
 from xpunet.runtime.context import ServiceContext
 from xpunet.runtime.settings import Settings as BaseSettings
 from xpunet.watcher.dirsource import DirectorySource
@@ -83,10 +82,7 @@ class Settings(BaseSettings):
 
 async def run(ctx: ServiceContext[Settings]) -> None:
     opts = ctx.settings.watcher
-    # The runtime hands out xpunet.bus.nats' bus, whose kv() is a StateStore (until the
-    # runtime drops its interim shim, the static type says otherwise).
-    open_kv: Any = ctx.bus.kv
-    store: StateStore = await open_kv(opts.bucket)
+    store = await ctx.bus.kv(opts.bucket)
     metrics = WatcherMetrics(ctx.meter)
     kind, _, arg = opts.source.partition(":")
     elector: LeaderElector | None = None
