@@ -64,6 +64,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from xpunet.ir.keys import node_prefix as _node_prefix
 from xpunet.model.objects import Protocol
 
 SCHEMA_VERSION = 1
@@ -98,17 +99,17 @@ def service_key(namespace: str, service: str, protocol: Protocol, port: int, fam
 
 def node_prefix(node: str) -> str:
     """The prefix of every lb key of one node."""
-    return f"node.{node}.lb."
+    return _node_prefix(node) + "lb."
 
 
 def node_override_key(
     node: str, namespace: str, service: str, protocol: Protocol, port: int, family: Family
 ) -> str:
-    return f"node.{node}.lb.svc." + service_port_suffix(namespace, service, protocol, port, family)
+    return _node_prefix(node) + "lb.svc." + service_port_suffix(namespace, service, protocol, port, family)
 
 
 def node_addresses_key(node: str) -> str:
-    return f"node.{node}.lb.addresses"
+    return _node_prefix(node) + "lb.addresses"
 
 
 def rejected_status_key(namespace: str, service: str) -> str:

@@ -48,27 +48,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from xpunet.ir.keys import node_prefix as _node_prefix
 from xpunet.model.objects import Protocol
 
 SCHEMA_VERSION = 1
 
-POLICY_EP_SCHEMA = "policy.ep"
-POLICY_IPSET_SCHEMA = "policy.ipset"
+POLICY_EP_SCHEMA = "intent.policy.ep"
+POLICY_IPSET_SCHEMA = "intent.policy.ipset"
+POLICY_REJECTION_SCHEMA = "status.policy.rejected"
+REJECTED_PREFIX = "policy.rejected."
 
 Direction = Literal["ingress", "egress"]
 
 
 def node_prefix(node: str) -> str:
     """The prefix of every policy key of one node (a datapath watches ``node.<node>.``)."""
-    return f"node.{node}.policy."
+    return _node_prefix(node) + "policy."
 
 
 def endpoint_key(node: str, namespace: str, pod: str) -> str:
-    return f"node.{node}.policy.ep.{namespace}.{pod}"
+    return _node_prefix(node) + f"policy.ep.{namespace}.{pod}"
 
 
 def ipset_key(node: str, set_id: str) -> str:
-    return f"node.{node}.policy.ipset.{set_id}"
+    return _node_prefix(node) + f"policy.ipset.{set_id}"
+
+
+def rejection_key(namespace: str, policy: str) -> str:
+    """``xpunet-status`` key of the report on a policy the compiler ignores."""
+    return f"{REJECTED_PREFIX}{namespace}.{policy}"
+
+
+def is_policy_intent_key(key: str) -> bool:
+    """Keys the policy service owns in ``xpunet-intent`` (node names may contain dots)."""
+    return key.startswith("node.") and (".policy.ep." in key or ".policy.ipset." in key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +148,25 @@ class IPSet:
 
 
 PolicyIntent = PolicyEndpoint | IPSet
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRejection:
+    """Why policy ``namespace/policy`` is ignored (``xpunet-status`` key ``policy.rejected.<ns>.<name>``)."""
+
+    namespace: str
+    policy: str
+    field: str
+    problem: str
+
+
+def _register_schemas() -> None:
+    # Registered here so anyone importing the schema can decode_object() policy values.
+    from xpunet.wire import register
+
+    register(POLICY_EP_SCHEMA, PolicyEndpoint)
+    register(POLICY_IPSET_SCHEMA, IPSet)
+    register(POLICY_REJECTION_SCHEMA, PolicyRejection)
+
+
+_register_schemas()

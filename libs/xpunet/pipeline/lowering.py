@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from xpunet.ir.keys import node_prefix
 from xpunet.ir.lb import (
     BackendSet,
     ConntrackTimeouts,
@@ -115,7 +116,7 @@ class Lowered:
 
 def node_intents_from_kv(node: str, values: Mapping[str, object]) -> NodeIntents:
     """Pick one node's intents out of decoded intent-bucket values (key → value)."""
-    mine = f"node.{node}."
+    mine = node_prefix(node)
     relevant = {k: v for k, v in values.items() if k.startswith((mine, "global."))}
     by_type: dict[type, list[object]] = {}
     for k in sorted(relevant):
