@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -101,10 +102,13 @@ def raw_key(kind: Kind, raw: Mapping[str, Any]) -> str | None:
     return object_key(kind, ns if isinstance(ns, str) else None, name)
 
 
+# NATS KV keys allow [-/_=.a-zA-Z0-9]; Kubernetes names are a subset, but a manifest
+# may carry anything, and a bad key must not poison a whole batch.
+_KEY_TOKEN = re.compile(r"[-_.a-zA-Z0-9]+")
+
+
 def _key_safe(token: str) -> bool:
-    # NATS KV keys allow [-/_=.a-zA-Z0-9]; Kubernetes names are a subset, but a
-    # manifest may carry anything, and a bad key must not poison a whole batch.
-    return all(c.isascii() and (c.isalnum() or c in "-_.") for c in token)
+    return _KEY_TOKEN.fullmatch(token) is not None and not token.startswith(".") and ".." not in token
 
 
 def object_ref(kind: Kind, raw: Mapping[str, Any]) -> str:
