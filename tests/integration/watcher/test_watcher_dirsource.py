@@ -115,3 +115,17 @@ async def test_directory_is_mirrored_and_followed(
         put(root / "ns.yaml", [namespace_obj("ns1"), namespace_obj("ns2")])
         await kvf.until(lambda v: "namespace.ns2" in v)
         assert {"pod.ns1.a", "pod.ns1.c"} <= set(kvf.values)
+
+
+async def test_an_object_defined_twice_survives_the_removal_of_one_file(
+    tmp_path: Path, kv: StateStore
+) -> None:
+    put(tmp_path / "one.yaml", [pod("ns1", "a", ip="10.0.0.1")])
+    async with KVFollower(kv) as kvf, watching(tmp_path, kv) as source:
+        await kvf.until(lambda v: "pod.ns1.a" in v and sync_key(Kind.POD) in v)
+        put(tmp_path / "two.yaml", [pod("ns1", "a", ip="10.0.0.2")])
+        await kvf.until(lambda v: decode_k8s(v["pod.ns1.a"]).ips == ("10.0.0.2",))  # type: ignore[union-attr]  # a Pod
+        (tmp_path / "two.yaml").unlink()
+        # one.yaml still defines it: back to its version, not deleted
+        await kvf.until(lambda v: decode_k8s(v["pod.ns1.a"]).ips == ("10.0.0.1",))  # type: ignore[union-attr]  # a Pod
+        assert not source.errors

@@ -93,7 +93,7 @@ class DirectorySource:
         self._poll_interval = poll_interval
         self._sleep = sleep
         self._stamps: dict[Path, _Stamp] = {}
-        self._objects: dict[Path, dict[str, Kind]] = {}  # what each file last gave
+        self._objects: dict[Path, dict[str, tuple[Kind, Mapping[str, Any]]]] = {}  # what each file last gave
         self._owner: dict[str, Path] = {}  # key → the file that last defined it
         self.errors: dict[Path, str] = {}  # files (or their documents) with problems, for status and tests
         self.scans = 0
@@ -110,6 +110,10 @@ class DirectorySource:
     async def scan(self, feed: Feed) -> None:
         """One poll: apply every added, changed and removed file to the feed."""
         self.scans += 1
+        if self.scans == 1 and not self.path.is_dir():
+            log.warning(
+                "manifest directory %s does not exist (yet); mirroring nothing until it does", self.path
+            )
         current = await asyncio.to_thread(_stamps, self.path)
         for path in sorted(set(self._stamps) - set(current)):
             log.info("manifest %s removed", path)
@@ -141,11 +145,18 @@ class DirectorySource:
 
     def _replace(self, feed: Feed, path: Path, objects: Mapping[str, tuple[Kind, Mapping[str, Any]]]) -> None:
         before = self._objects.get(path, {})
+        self._objects[path] = dict(objects)
         gone: dict[Kind, list[str]] = {}
-        for key, kind in before.items():
+        for key, (kind, _) in before.items():
             if key not in objects and self._owner.get(key) == path:
                 del self._owner[key]
-                gone.setdefault(kind, []).append(key)
+                # Another file may define the same object too: it takes over rather than deleting it.
+                other = next((p for p, objs in self._objects.items() if key in objs and p != path), None)
+                if other is not None:
+                    self._owner[key] = other
+                    feed.upsert(*self._objects[other][key])
+                else:
+                    gone.setdefault(kind, []).append(key)
         for kind, keys in gone.items():
             feed.forget(kind, keys)
         for key, (kind, raw) in objects.items():
@@ -154,7 +165,6 @@ class DirectorySource:
                 log.warning("%s %s is defined in %s and %s; using %s", kind, key, other, path, path)
             self._owner[key] = path
             feed.upsert(kind, raw)
-        self._objects[path] = {key: kind for key, (kind, _) in objects.items()}
 
 
 def _stamps(root: Path) -> dict[Path, _Stamp]:
