@@ -244,8 +244,13 @@ class PolicyService:
         changes = self.compiler.flush()
         writes: dict[str, bytes | None] = {}
         existing, self._existing = self._existing, None
+        encoded: dict[int, bytes] = {}  # one IPSet value is shared by every node holding the set
         for key, value in changes.items():
-            data = None if value is None else encode_object(value)
+            data = None
+            if value is not None:
+                data = encoded.get(id(value))
+                if data is None:
+                    data = encoded[id(value)] = encode_object(value)
             if existing is not None and existing.get(key) == data:
                 continue  # a previous run already wrote exactly this
             writes[key] = data
