@@ -15,7 +15,7 @@ P4SHELL_STAMP := $(P4SHELL_VENV)/.installed
 P4SHELL_REQS := tests/integration/softipu/p4shell-requirements.txt
 # Debian packages: the kernel tools the host target and the tests drive, and
 # real BGP daemons used as peers.
-APT_PACKAGES := iproute2 nftables conntrack procps
+APT_PACKAGES := iproute2 nftables conntrack procps containernetworking-plugins iptables iputils-ping
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck contracts unit integration e2e bench deps apt venv gen clean
