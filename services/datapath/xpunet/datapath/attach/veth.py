@@ -104,7 +104,7 @@ class VethBackend:
                         flags=IFA_F_NODAD if gateway.version == 6 else 0,
                     )
                 await ipr.link("set", index=index, state="up")
-                peer = await anext(m async for m in await ipr.link("get", ifname=pod))
+                peer = (await ipr.link("get", ifname=pod))[0]  # "get" answers a list, "dump" a stream
             except NetlinkError as exc:
                 await self._delete(ipr, host)
                 if exc.code in (errno.ENOMEM, errno.ENOSPC):

@@ -1,0 +1,197 @@
+"""The pod side of an attachment, done with pyroute2: move the vNIC into the pod's namespace and set it up.
+
+The plugin opens a netlink socket inside the pod's namespace by entering it
+on the main thread just long enough to create the socket (a socket keeps the
+namespace it was made in); that avoids the helper process pyroute2 forks for
+`netns=`, which costs tens of milliseconds per ADD.  The namespace path is
+checked first: pyroute2 would create a missing named namespace.
+
+Every step is idempotent, so a repeated ADD (or one after an interrupted
+ADD) converges on the same interface.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import AsyncIPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+IFA_F_NODAD = 0x02  # addresses usable at once, not after duplicate address detection
+SCOPE_LINK = 253
+NETLINK_ROUTE = 0
+
+
+class NetnsError(Exception):
+    """Setting up the pod interface failed; the message names the step."""
+
+
+class MissingNetnsError(NetnsError):
+    """The pod's network namespace does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    device: str  # the vNIC's name in the host namespace
+    ifname: str  # its name in the pod
+    mac: str
+    mtu: int
+    addresses: tuple[str, ...]  # CIDRs
+    routes: tuple[tuple[str, str], ...]  # (dst CIDR, gateway or "" for on-link)
+
+
+@dataclass(slots=True)
+class Observed:
+    exists: bool = False
+    up: bool = False
+    mac: str = ""
+    mtu: int = 0
+    addresses: set[str] = field(default_factory=set)
+    routes: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _socket_in(path: str) -> socket.socket:
+    if not os.path.exists(path):
+        raise MissingNetnsError(f"network namespace {path} does not exist")
+    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            netns.setns(path, flags=0)
+        except OSError as exc:
+            raise MissingNetnsError(f"cannot enter network namespace {path}: {exc}") from exc
+        try:
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        finally:
+            netns.setns(saved)
+    finally:
+        os.close(saved)
+
+
+def pod_route(path: str) -> Any:
+    return AsyncIPRoute(fileno=_socket_in(path).detach())
+
+
+async def _lookup(ipr: Any, ifname: str) -> int | None:
+    indexes = await ipr.link_lookup(ifname=ifname)
+    return int(indexes[0]) if indexes else None
+
+
+async def _link(ipr: Any, index: int) -> Any:
+    return (await ipr.link("get", index=index))[0]  # "get" answers a list, "dump" a stream
+
+
+async def plumb(plan: Plan, netns_path: str) -> None:
+    """Move the vNIC into the pod and configure it (rename, MAC, MTU, addresses, routes)."""
+    pod = pod_route(netns_path)
+    host = AsyncIPRoute()
+    try:
+        index = await _lookup(pod, plan.ifname)
+        if index is not None:
+            current = str((await _link(pod, index)).get("address") or "")
+            if current.lower() != plan.mac.lower():
+                raise NetnsError(f"interface {plan.ifname} already exists in {netns_path} (MAC {current})")
+        else:
+            index = await _lookup(pod, plan.device)  # moved by an interrupted ADD, not yet renamed
+            if index is None:
+                host_index = await _lookup(host, plan.device)
+                if host_index is None:
+                    raise NetnsError(f"vNIC {plan.device} is in neither the host namespace nor {netns_path}")
+                fd = os.open(netns_path, os.O_RDONLY)
+                try:
+                    await host.link("set", index=host_index, net_ns_fd=fd)
+                finally:
+                    os.close(fd)
+                index = await _lookup(pod, plan.device)
+                if index is None:
+                    raise NetnsError(f"vNIC {plan.device} did not arrive in {netns_path}")
+            await pod.link("set", index=index, state="down")
+            await pod.link("set", index=index, ifname=plan.ifname, address=plan.mac, mtu=plan.mtu)
+        await pod.link("set", index=index, state="up")
+        for cidr in plan.addresses:
+            iface = ipaddress.ip_interface(cidr)
+            await pod.addr(
+                "replace",
+                index=index,
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                flags=IFA_F_NODAD if iface.version == 6 else 0,
+            )
+        for dst, gateway in plan.routes:
+            if gateway:
+                await pod.route("replace", dst=dst, gateway=gateway, oif=index)
+            else:
+                await pod.route("replace", dst=dst, oif=index, scope=SCOPE_LINK)
+    except NetlinkError as exc:
+        raise NetnsError(f"configuring {plan.ifname} in {netns_path} failed: {exc}") from exc
+    finally:
+        pod.close()
+        host.close()
+
+
+async def unplumb(plan: Plan, netns_path: str, *, move_back: bool) -> None:
+    """Undo `plumb`: a VF or sub-function goes back to the host under its own name; a veth end
+    is deleted (its host side goes with it).  Missing pieces are fine: DEL is idempotent."""
+    if not netns_path:
+        return
+    try:
+        pod = pod_route(netns_path)
+    except MissingNetnsError:
+        return
+    try:
+        index = await _lookup(pod, plan.ifname)
+        if index is None:
+            index = await _lookup(pod, plan.device)
+        if index is None:
+            return
+        if not move_back:
+            await pod.link("del", index=index)
+            return
+        await pod.link("set", index=index, state="down")
+        await pod.link("set", index=index, ifname=plan.device)
+        fd = os.open("/proc/self/ns/net", os.O_RDONLY)  # the plugin runs in the host namespace
+        try:
+            await pod.link("set", index=index, net_ns_fd=fd)
+        finally:
+            os.close(fd)
+    except NetlinkError as exc:
+        if exc.code not in (errno.ENODEV, errno.ENOENT):
+            raise NetnsError(f"removing {plan.ifname} from {netns_path} failed: {exc}") from exc
+    finally:
+        pod.close()
+
+
+async def inspect(netns_path: str, ifname: str) -> Observed:
+    pod = pod_route(netns_path)
+    seen = Observed()
+    try:
+        index = await _lookup(pod, ifname)
+        if index is None:
+            return seen
+        link = await _link(pod, index)
+        seen.exists = True
+        seen.up = bool(link["flags"] & 1)
+        seen.mac = str(link.get("address") or "")
+        seen.mtu = int(link.get("mtu") or 0)
+        async for msg in await pod.addr("dump", index=index):
+            seen.addresses.add(f"{msg.get('address')}/{msg['prefixlen']}")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            async for msg in await pod.route("dump", family=family, oif=index):
+                default = "0.0.0.0/0" if family == socket.AF_INET else "::/0"
+                dst = f"{msg.get('dst')}/{msg['dst_len']}" if msg.get("dst") else default
+                seen.routes.add((dst, str(msg.get("gateway") or "")))
+    except NetlinkError as exc:
+        raise NetnsError(f"reading {ifname} in {netns_path} failed: {exc}") from exc
+    finally:
+        pod.close()
+    return seen
+
+
+def routes_of(plan_routes: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Normalised (dst, gw) pairs as the kernel reports them."""
+    return {(str(ipaddress.ip_network(dst)), gw) for dst, gw in plan_routes}
