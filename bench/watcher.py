@@ -217,7 +217,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=100.0, help="changes per second in phase 2")
     p.add_argument("--churn-seconds", type=float, default=60.0)
     p.add_argument("--page-size", type=int, default=500)
-    p.add_argument("--write-batch", type=int, default=1000)
+    p.add_argument("--write-batch", type=int, default=5000)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--nats", help=argparse.SUPPRESS)
     p.add_argument("--bucket", help=argparse.SUPPRESS)

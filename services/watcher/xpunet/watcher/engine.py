@@ -82,7 +82,7 @@ class Watcher:
         tracer: Tracer,
         metrics: WatcherMetrics,
         elector: LeaderElector | None = None,
-        write_batch: int = 1000,
+        write_batch: int = 5000,
         on_synced: Callable[[], None] | None = None,
         on_standby: Callable[[], None] | None = None,
     ) -> None:
@@ -121,7 +121,6 @@ class Watcher:
                 delay = self._backoff.delay(self._bus_failures)
                 log.warning("term ended, bus unavailable (%s); retrying in %.2fs", group.exceptions[0], delay)
                 await asyncio.sleep(delay)
-
 
     async def _term(self) -> None:
         self.terms += 1

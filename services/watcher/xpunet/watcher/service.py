@@ -50,7 +50,7 @@ class WatcherOptions:
     page_size: int = 500
     watch_timeout: float = 300.0
     poll_interval: float = 1.0
-    write_batch: int = 1000
+    write_batch: int = 5000
 
     def __post_init__(self) -> None:
         kind, _, arg = self.source.partition(":")

@@ -48,7 +48,7 @@ class KVWriter:
         *,
         tracer: Tracer,
         is_leader: Callable[[], bool] = _always,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         span_per_object_upto: int = 16,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
