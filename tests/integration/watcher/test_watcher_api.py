@@ -318,3 +318,17 @@ async def test_each_write_is_traced_and_carries_its_context(
     assert span.context is not None
     assert entry.headers["traceparent"].split("-")[2] == format(span.context.span_id, "016x")
     provider.shutdown()
+
+
+async def test_watch_events_larger_than_the_stream_buffer(
+    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore
+) -> None:
+    fake_api.apply_many(cluster())
+    async with KVFollower(kv) as kvf, running(make_watcher(kv, kube)):
+        await kvf.until(synced_with(KEYS))
+        big = pod("ns1", "a", ip="10.0.7.7", node="n1")
+        big["metadata"]["annotations"] = {"last-applied": "x" * 512 * 1024}  # one 512 KiB JSON line
+        fake_api.apply(big)
+        fake_api.apply(pod("ns1", "b", ip="10.0.7.8", node="n1"))
+        await kvf.until(lambda v: decode_k8s(v["pod.ns1.b"]).ips == ("10.0.7.8",))  # type: ignore[union-attr]  # a Pod
+        assert decode_k8s(kvf.values["pod.ns1.a"]).ips == ("10.0.7.7",)  # type: ignore[union-attr]  # a Pod
