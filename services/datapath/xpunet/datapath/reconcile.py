@@ -1,0 +1,178 @@
+"""Desired entries vs what the target holds → the next batch to write.  Pure (the clock is passed in).
+
+The :class:`Reconciler` keeps the datapath's view of the target:
+
+* ``applied`` — xpunet's entries on the target, as read back at the last
+  reconciliation and updated with every acknowledged write;
+* ``foreign`` — keys held by entries another writer put there: never modified
+  or deleted; a desired entry on such a key is reported as a conflict and not
+  written (the owner may remove it; it is retried at every reconciliation);
+* ``rejected`` — updates the target refused: each keeps its error and, when the
+  cause may be transient, a retry time with exponential backoff; a permanent
+  rejection is retried only when the desired entry changes (or a new
+  reconciliation reads the target back).
+
+:meth:`Reconciler.plan` computes only the difference, never a flush: after a
+datapath restart the read-back entries equal the desired ones and nothing is
+written.  Deletes of stale entries (``sweep``) are withheld until every intent
+source is in sync, so a partial view never removes live entries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from xpunet.bus.backoff import Backoff
+from xpunet.datapath.target import ApplyResult, Rejected, TargetEntries
+from xpunet.pipeline.diff import Batch, Update, diff
+from xpunet.pipeline.entries import EntryKey, TableEntry
+
+# Codes that mean "our view of the target is wrong": read it back instead of retrying blindly.
+_STALE_VIEW = {("INSERT", "ALREADY_EXISTS"), ("MODIFY", "NOT_FOUND")}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An update the target refused, as reported in status (``origin`` names the intent)."""
+
+    kind: str
+    entry: TableEntry
+    code: str
+    message: str
+    retryable: bool
+    attempts: int
+    retry_at: float  # math.inf when only a change of the desired entry retries it
+
+    @property
+    def origin(self) -> str:
+        return self.entry.origin
+
+    def describe(self) -> str:
+        again = "retrying" if self.retryable else "permanent"
+        return (
+            f"{self.kind} {self.entry.alias} from {self.entry.origin or '?'}: {self.code}: "
+            f"{self.message} ({again}, {self.attempts} attempt(s))"
+        )
+
+
+@dataclass(slots=True)
+class Reconciler:
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.2, factor=2.0, maximum=30.0))
+    applied: dict[EntryKey, TableEntry] = field(default_factory=dict)
+    foreign: frozenset[EntryKey] = frozenset()
+    rejected: dict[EntryKey, Rejection] = field(default_factory=dict)
+    conflicts: dict[EntryKey, TableEntry] = field(default_factory=dict)
+    needs_resync: bool = True  # no read-back yet
+
+    # ------------------------------------------------------------------ view
+
+    def reset(self, actual: TargetEntries) -> None:
+        """Take the target's read-back as the truth (after a start, a target restart, a stale view)."""
+        self.applied = {e.key: e for e in actual.owned}
+        self.foreign = actual.foreign
+        # A retry is due now: the target may be a different one (restarted, new pipeline).
+        self.rejected = {
+            k: Rejection(r.kind, r.entry, r.code, r.message, r.retryable, r.attempts, 0.0)
+            for k, r in self.rejected.items()
+        }
+        self.needs_resync = False
+
+    def forget(self) -> None:
+        """The view is unknown (a write failed midway): reconcile before the next write."""
+        self.needs_resync = True
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, desired: Mapping[EntryKey, TableEntry], *, sweep: bool, now: float) -> Batch:
+        """The updates that bring the target to ``desired``, minus what must wait."""
+        applied = self.applied
+        self.conflicts = {k: e for k, e in desired.items() if k in self.foreign}
+        for key in list(self.rejected):
+            r = self.rejected[key]
+            want = desired.get(key)
+            if r.kind == "DELETE":
+                if want is not None or key not in applied:
+                    del self.rejected[key]  # wanted again, or gone
+            elif want is None or (want.action, want.params) != (r.entry.action, r.entry.params):
+                del self.rejected[key]  # the intent changed: a new attempt right away
+        old: list[TableEntry] = []
+        new: list[TableEntry] = []
+        for key, want in desired.items():
+            have = applied.get(key)
+            if have is not None and have.action == want.action and have.params == want.params:
+                continue
+            if key in self.conflicts or self._waiting(key, now):
+                continue
+            if have is not None:
+                old.append(have)
+            new.append(want)
+        if sweep:
+            for key, have in applied.items():
+                if key not in desired and not self._waiting(key, now):
+                    old.append(have)
+        return diff(old, new)
+
+    def _waiting(self, key: EntryKey, now: float) -> bool:
+        r = self.rejected.get(key)
+        return r is not None and r.retry_at > now
+
+    def next_retry(self) -> float | None:
+        """When the earliest transient rejection is due again (None: nothing to retry)."""
+        due = [r.retry_at for r in self.rejected.values() if r.retryable]
+        return min(due) if due else None
+
+    # ---------------------------------------------------------------- record
+
+    def record(self, batch: Batch, result: ApplyResult, *, now: float) -> list[Rejection]:
+        """Fold an acknowledged batch into the view; returns the new rejections (for reports)."""
+        refused: dict[EntryKey, Rejected] = {r.update.entry.key: r for r in result.rejected}
+        fresh: list[Rejection] = []
+        for u in batch.updates:
+            key = u.entry.key
+            r = refused.get(key)
+            if r is None:
+                self._done(u)
+                self.rejected.pop(key, None)
+                continue
+            if u.kind == "DELETE" and r.code == "NOT_FOUND":
+                self.applied.pop(key, None)  # already gone: that is what we wanted
+                self.rejected.pop(key, None)
+                continue
+            if (u.kind, r.code) in _STALE_VIEW:
+                self.needs_resync = True
+            previous = self.rejected.get(key)
+            attempts = previous.attempts + 1 if previous is not None else 1
+            retry_at = now + self.backoff.ceiling(attempts) if r.retryable else math.inf
+            rejection = Rejection(u.kind, u.entry, r.code, r.message, r.retryable, attempts, retry_at)
+            self.rejected[key] = rejection
+            fresh.append(rejection)
+        return fresh
+
+    def _done(self, u: Update) -> None:
+        if u.kind == "DELETE":
+            self.applied.pop(u.entry.key, None)
+        else:
+            self.applied[u.entry.key] = u.entry
+
+    # ---------------------------------------------------------------- report
+
+    def occupancy(self) -> dict[str, int]:
+        """xpunet's entries per table alias, as acknowledged by the target."""
+        out: dict[str, int] = {}
+        for e in self.applied.values():
+            out[e.alias] = out.get(e.alias, 0) + 1
+        return out
+
+    def problems(self) -> list[str]:
+        lines = [r.describe() for r in self.rejected.values()]
+        lines += [
+            f"{e.alias} from {e.origin or '?'}: key held by an entry xpunet did not write; left alone"
+            for e in self.conflicts.values()
+        ]
+        return lines
+
+
+def desired_by_key(entries: Iterable[TableEntry]) -> dict[EntryKey, TableEntry]:
+    return {e.key: e for e in entries}

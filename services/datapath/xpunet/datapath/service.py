@@ -1,0 +1,549 @@
+"""The datapath service: keeps one node's target equal to the lowering of its intents.
+
+Flow (docs/datapath.md):
+
+1. Watch ``xpunet-intent`` under ``node.<token>.`` and ``global.``, and
+   ``xpunet-k8s`` ``node.*`` + ``sync.node`` (routes derived from Nodes while
+   no routing service publishes them).  Values are decoded into an
+   :class:`~xpunet.datapath.intents.IntentView`; every change marks the state
+   dirty and is remembered with its start time and trace context.
+2. Once every watch delivered its snapshot, the apply loop runs: wait until
+   the target is writable; if its generation is new (start, target restart,
+   role change) read it back (**reconcile**); lower the intents; let the
+   :class:`~xpunet.datapath.reconcile.Reconciler` plan only the difference;
+   write the phases in order; fold the acknowledgements and rejections back.
+   Changes that arrive meanwhile are coalesced into the next pass.
+3. Stale xpunet entries are deleted only when every source is in sync (the
+   intent watches, and the watcher's ``sync.node`` marker when routes come
+   from Nodes).
+4. Status (``xpunet-status`` ``datapath.<token>``) and metrics after each pass.
+
+Pods attached through the infra API (``xpunet.datapath.attach``) reach the
+lowering through :meth:`DatapathService.endpoint_attached` (the attach
+server's ``EndpointSink``): their vNIC port is what the lowering needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from opentelemetry import trace
+from opentelemetry.metrics import Meter
+from opentelemetry.trace import Link, Tracer
+
+from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, StateStore
+from xpunet.bus.backoff import Backoff
+from xpunet.bus.errors import BusError
+from xpunet.bus.tracing import context_from_headers
+from xpunet.datapath.intents import SYNC_NODE_KEY, Change, IntentView, started_at
+from xpunet.datapath.reconcile import Reconciler, desired_by_key
+from xpunet.datapath.status import (
+    MAX_REPORTED_REJECTIONS,
+    DatapathMetrics,
+    DatapathStatus,
+    EntryRejection,
+    status_key,
+)
+from xpunet.datapath.target import Target
+from xpunet.ir.policy import PolicyEndpoint
+from xpunet.p4rt.client import ClientSettings, TlsOptions
+from xpunet.p4rt.errors import TargetError
+from xpunet.pipeline.lowering import Lowered, NodePorts, lower
+from xpunet.runtime.context import ServiceContext
+from xpunet.runtime.settings import Settings as BaseSettings
+from xpunet.wire import encode_object
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DatapathOptions:
+    """``datapath:`` section (``XPUNET_DATAPATH_<KEY>``)."""
+
+    target: Literal["p4rt", "kernel"] = "p4rt"
+    # p4rt: a P4Runtime server (infrap4d, bmv2, xpunet-softipu)
+    p4rt_address: str = "127.0.0.1:9559"
+    p4rt_device_id: int = 1
+    p4rt_election_id: int = 1
+    p4rt_role: str = ""
+    p4rt_max_batch: int = 1000
+    p4rt_take_over: bool = False  # a backup claims the role when the primary leaves
+    tls_ca: str = ""  # PEM file; any tls_* set turns TLS on
+    tls_cert: str = ""  # client certificate (mutual TLS), with tls_key
+    tls_key: str = ""
+    tls_server_name: str = ""
+    # kernel: the Linux kernel of a network namespace ("" = the datapath's own)
+    kernel_netns: str = ""
+    # node ports as the lowering numbers them
+    host_port: int = 1
+    uplink_ports: tuple[int, ...] = (2,)
+    # routes derived from Node objects while no routing service publishes global.routes.*
+    routes_from_nodes: bool = True
+    route_next_hop: Literal["direct", "vxlan"] = "direct"
+    vni: int = 4096
+    coalesce: float = 0.002  # seconds to gather a burst of intent changes into one pass
+    status_interval: float = 1.0  # seconds between status record rewrites (when changed)
+
+    def __post_init__(self) -> None:
+        if self.p4rt_max_batch <= 0:
+            raise ValueError("datapath.p4rt_max_batch must be > 0")
+        if self.p4rt_election_id <= 0:
+            raise ValueError("datapath.p4rt_election_id must be > 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("datapath.tls_cert and datapath.tls_key go together")
+        if self.coalesce < 0 or self.status_interval < 0:
+            raise ValueError("datapath.coalesce and datapath.status_interval must be >= 0")
+        if not 0 < self.vni < 1 << 24:
+            raise ValueError(f"datapath.vni {self.vni} is outside 1..16777215")
+
+    def client_settings(self) -> ClientSettings:
+        tls = None
+        if self.tls_ca or self.tls_cert:
+
+            def read(path: str) -> bytes | None:
+                return Path(path).read_bytes() if path else None
+
+            tls = TlsOptions(
+                ca_cert=read(self.tls_ca),
+                client_cert=read(self.tls_cert),
+                client_key=read(self.tls_key),
+                server_name=self.tls_server_name or None,
+            )
+        return ClientSettings(
+            address=self.p4rt_address,
+            device_id=self.p4rt_device_id,
+            election_id=self.p4rt_election_id,
+            role=self.p4rt_role,
+            tls=tls,
+            max_batch=self.p4rt_max_batch,
+            take_over_when_vacant=self.p4rt_take_over,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings(BaseSettings):
+    datapath: DatapathOptions = field(default_factory=DatapathOptions)
+
+
+def build_target(options: DatapathOptions) -> Target:
+    if options.target == "p4rt":
+        from xpunet.datapath.p4rt_target import P4RuntimeTarget
+
+        return P4RuntimeTarget(options.client_settings())
+    from xpunet.datapath.kernel_adapter import KernelTargetAdapter
+
+    return KernelTargetAdapter(netns=options.kernel_netns)
+
+
+class DatapathService:
+    """One node's intents → one target.  ``run`` until ``stopping`` is set."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        options: DatapathOptions,
+        target: Target,
+        intents: StateStore,
+        k8s: StateStore,
+        status: StateStore,
+        tracer: Tracer | None = None,
+        meter: Meter | None = None,
+        clock: Callable[[], float] = time.time,
+        ports: Mapping[str, int] | None = None,
+    ) -> None:
+        self.node = node
+        self.options = options
+        self.target = target
+        self._intents = intents
+        self._k8s = k8s
+        self._status = status
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._clock = clock
+        self.view = IntentView(node, options.routes_from_nodes, options.route_next_hop, options.vni)
+        self.reconciler = Reconciler()
+        # "namespace/pod" → vNIC port: from the attach server (its restored records, then each Attach).
+        self.ports: dict[str, int] = dict(ports or {})
+        self._provisional: dict[str, PolicyEndpoint] = {}  # attached pods without a policy intent yet
+        self.metrics = DatapathMetrics(meter, occupancy=self.reconciler.occupancy) if meter else None
+        self._watches_pending = {"intent:" + p for p in self.view.prefixes} | {"k8s:node.", "k8s:sync."}
+        self._wake = asyncio.Event()
+        self._pending: list[Change] = []
+        self._generation: int | None = None
+        self._lowered: Lowered | None = None
+        self._applied_revision = 0
+        self._passes = 0
+        self._passed = asyncio.Condition()
+        self._last_error = ""
+        self._last_error_at = 0.0
+        self._convergence_ms = 0.0
+        self._reconciles = 0
+        self._ready = False
+        self._reason = "starting"
+        self._status_dirty = asyncio.Event()
+        self._on_ready: Callable[[bool, str], None] | None = None
+        self.writes = 0  # updates sent (tests and benchmarks read it)
+
+    # ----------------------------------------------------------------- inputs
+
+    @property
+    def in_sync(self) -> bool:
+        """Every watch delivered its snapshot (nothing is applied before)."""
+        return not self._watches_pending
+
+    @property
+    def may_sweep(self) -> bool:
+        if not self.in_sync:
+            return False
+        return self.view.node_list_synced or not self.view.uses_node_routes()
+
+    async def _watch(self, store: StateStore, prefix: str, name: str) -> None:
+        backoff = Backoff(initial=0.1, maximum=5.0)
+        attempt = 0
+        while True:
+            try:
+                async with contextlib.aclosing(store.watch(prefix)) as watch:
+                    async for item in watch:
+                        attempt = 0
+                        if isinstance(item, InSync):
+                            if name in self._watches_pending:
+                                self._watches_pending.discard(name)
+                                log.info(
+                                    "datapath %s: %s in sync (revision %d)", self.node, name, item.revision
+                                )
+                            self._wake.set()
+                            continue
+                        self._take(name, item.key, item.value, item.revision, item.headers)
+                return
+            except BusError as exc:
+                attempt += 1
+                delay = backoff.delay(attempt)
+                log.warning("datapath %s: watch %s failed (%s); again in %.2fs", self.node, name, exc, delay)
+                await asyncio.sleep(delay)
+
+    def _take(
+        self, name: str, key: str, value: bytes | None, revision: int, headers: Mapping[str, str]
+    ) -> None:
+        hdrs = dict(headers)
+        if name.startswith("intent:"):
+            changed = self.view.apply_intent(key, value, revision)
+        else:
+            changed = self.view.apply_k8s(key, value)
+            if key == SYNC_NODE_KEY:
+                changed = True  # may allow the sweep
+        if changed:
+            self._pending.append(Change(key, revision, started_at(hdrs, self._clock()), hdrs))
+            self._wake.set()
+
+    # ------------------------------------------------------------- the sink
+
+    async def endpoint_attached(self, endpoint: object) -> None:
+        """EndpointSink: a pod got a vNIC; program its entries and wait for the target's ack."""
+        ns, name, port = _endpoint_fields(endpoint)
+        ref = f"{ns}/{name}"
+        self.ports[ref] = port
+        addresses = tuple(str(a) for a in getattr(endpoint, "addresses", ()))
+        if addresses:
+            # Until its policy intent arrives the pod is isolated both ways: routed, but denied (fail closed).
+            self._provisional[ref] = PolicyEndpoint(
+                ns, name, str(getattr(endpoint, "uid", "")), self.node, addresses, True, True
+            )
+        await self._apply_now()
+
+    async def endpoint_detached(self, endpoint: object) -> None:
+        ns, name, _ = _endpoint_fields(endpoint)
+        ref = f"{ns}/{name}"
+        self.ports.pop(ref, None)
+        self._provisional.pop(ref, None)
+        await self._apply_now()
+
+    async def _apply_now(self, within: float = 10.0) -> None:
+        async with self._passed:
+            target = self._passes + 1
+            self._wake.set()
+            async with asyncio.timeout(within):
+                await self._passed.wait_for(lambda: self._passes >= target)
+
+    # ------------------------------------------------------------- lowering
+
+    def desired(self) -> Lowered:
+        intents = self.view.node_intents()
+        if self._provisional:
+            have = {f"{e.namespace}/{e.pod}" for e in intents.endpoints}
+            extra = tuple(p for ref, p in self._provisional.items() if ref not in have)
+            if extra:
+                intents = type(intents)(
+                    intents.node,
+                    intents.endpoints + extra,
+                    intents.ip_sets,
+                    intents.services,
+                    intents.overrides,
+                    intents.addresses,
+                    intents.conntrack,
+                    intents.routes,
+                )
+        ports = NodePorts(dict(self.ports), host=self.options.host_port, uplinks=self.options.uplink_ports)
+        return lower(intents, ports)
+
+    # ---------------------------------------------------------------- apply
+
+    async def apply_loop(self) -> None:
+        backoff = Backoff(initial=0.1, factor=2.0, maximum=10.0)
+        failures = 0
+        while True:
+            await self._wait_for_work()
+            if not self.in_sync:
+                continue
+            if self.options.coalesce:
+                await asyncio.sleep(self.options.coalesce)
+            try:
+                await self.apply_once()
+                failures = 0
+            except TargetError as exc:
+                failures += 1
+                self._error(f"target {self.target.description}: {exc}")
+                self.reconciler.forget()
+                self._set_ready(False, f"target: {exc.code}")
+                await asyncio.sleep(backoff.delay(failures))
+                self._wake.set()
+
+    async def _wait_for_work(self) -> None:
+        """Until something changed: an input, the target's generation, a retry falling due."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        waits: list[asyncio.Task[object]] = [asyncio.create_task(self._wake.wait())]
+        if self._generation is not None:
+            waits.append(asyncio.create_task(self.target.wait_changed(self._generation)))
+        due = self.reconciler.next_retry()
+        timeout = None if due is None else max(0.0, due - self._clock())
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        self._wake.clear()
+
+    async def apply_once(self) -> None:
+        """One pass: reconcile if needed, lower, write the difference, record, report."""
+        if self._generation is None or not self.target.is_ready(self._generation):
+            self._set_ready(False, "waiting for the target")
+        generation = await self.target.wait_ready()
+        changes, self._pending = self._pending, []
+        parent = context_from_headers(changes[0].headers) if changes else None
+        links = [
+            Link(span_ctx)
+            for c in changes[1:16]
+            if (
+                span_ctx := trace.get_current_span(context_from_headers(c.headers)).get_span_context()
+            ).is_valid
+        ]
+        try:
+            with self._tracer.start_as_current_span(
+                "datapath.apply", context=parent, links=links, attributes={"xpunet.node": self.node}
+            ) as span:
+                with self._tracer.start_as_current_span("datapath.lower"):
+                    lowered = self.desired()
+                    desired = desired_by_key(lowered.entries)
+                if generation != self._generation or self.reconciler.needs_resync:
+                    with self._tracer.start_as_current_span("datapath.reconcile"):
+                        actual = await self.target.read_entries(lowered.entries)
+                    self.reconciler.reset(actual)
+                    self._generation = generation
+                    self._reconciles += 1
+                    if self.metrics:
+                        self.metrics.reconciles.add(1)
+                    log.info(
+                        "datapath %s: reconciled with %s (generation %d): %d xpunet entries, %d foreign",
+                        self.node,
+                        self.target.description,
+                        generation,
+                        len(actual.owned),
+                        len(actual.foreign),
+                    )
+                now = self._clock()
+                batch = self.reconciler.plan(desired, sweep=self.may_sweep, now=now)
+                span.set_attribute("xpunet.updates", len(batch))
+                started = time.perf_counter()
+                if len(batch):
+                    with self._tracer.start_as_current_span("datapath.target_write") as wspan:
+                        wspan.set_attribute("xpunet.phases", len(batch.phases))
+                        result = await self.target.apply(batch.phases)
+                    self.writes += result.sent
+                    fresh = self.reconciler.record(batch, result, now=self._clock())
+                    for r in fresh:
+                        log.warning("datapath %s: rejected: %s", self.node, r.describe())
+                        if self.metrics:
+                            self.metrics.write_errors.add(1, {"code": r.code})
+                    for note in result.notes:
+                        self._error(f"target {self.target.description}: {note}")
+                    if fresh:
+                        self._error(f"{len(fresh)} update(s) rejected; first: {fresh[0].describe()}")
+                    if self.metrics:
+                        self.metrics.updates.add(result.sent - len(result.rejected))
+                        self.metrics.write_seconds.record(time.perf_counter() - started)
+                    if self.reconciler.needs_resync:
+                        self._wake.set()  # our view was stale: read the target back and go again
+        except BaseException:
+            self._pending = changes + self._pending  # not acknowledged: measure them on the next pass
+            raise
+        acked = self._clock()
+        self._lowered = lowered
+        self._applied_revision = max(self._applied_revision, self.view.revision)
+        for c in changes:
+            latency = max(0.0, acked - c.started)
+            self._convergence_ms = latency * 1000
+            if self.metrics:
+                self.metrics.convergence.record(latency)
+        self._set_ready(True, "")
+        self._status_dirty.set()
+        async with self._passed:
+            self._passes += 1
+            self._passed.notify_all()
+
+    async def wait_converged(self, revision: int = 0, *, generation: int = 0) -> None:
+        """Until a pass acknowledged every change seen so far, the intents up to ``revision``,
+        in target generation ``generation`` or later."""
+        await self.wait_pass(
+            lambda s: (
+                s._ready
+                and not s._pending
+                and not s._wake.is_set()
+                and s._applied_revision >= revision
+                and (s._generation or 0) >= generation
+            )
+        )
+
+    async def wait_pass(self, predicate: Callable[[DatapathService], bool]) -> None:
+        """Until ``predicate`` holds after a completed pass (checked after every pass)."""
+        async with self._passed:
+            await self._passed.wait_for(lambda: self._passes > 0 and predicate(self))
+
+    # ------------------------------------------------------------- reporting
+
+    def _error(self, message: str) -> None:
+        self._last_error = message
+        self._last_error_at = self._clock()
+        self._status_dirty.set()
+
+    def _set_ready(self, ready: bool, reason: str) -> None:
+        if (ready, reason) != (self._ready, self._reason):
+            self._ready, self._reason = ready, reason
+            self._status_dirty.set()
+            if self._on_ready is not None:
+                self._on_ready(ready, reason)
+
+    def status(self) -> DatapathStatus:
+        rec = self.reconciler
+        rejected = [
+            EntryRejection(r.entry.alias, r.origin, r.kind, r.code, r.message, r.retryable, r.attempts)
+            for r in rec.rejected.values()
+        ] + [
+            EntryRejection(
+                e.alias, e.origin, "INSERT", "CONFLICT", "key held by an entry xpunet did not write", True
+            )
+            for e in rec.conflicts.values()
+        ]
+        rejected.sort(key=lambda r: (r.origin, r.table))
+        lowered = self._lowered
+        problems = tuple(lowered.problems) + tuple(str(o) for o in lowered.overflow) if lowered else ()
+        problems += tuple(f"{k}: {v}" for k, v in sorted(self.view.problems.items()))
+        return DatapathStatus(
+            node=self.node,
+            target=f"{self.target.kind} {self.target.description}",
+            ready=self._ready,
+            reason=self._reason,
+            applied_revision=self._applied_revision,
+            generation=self._generation or 0,
+            entries=len(rec.applied),
+            occupancy=rec.occupancy(),
+            pending=len(rec.rejected) + len(rec.conflicts),
+            rejected_count=len(rejected),
+            rejected=tuple(rejected[:MAX_REPORTED_REJECTIONS]),
+            lowering_problems=problems[:MAX_REPORTED_REJECTIONS],
+            last_error=self._last_error,
+            last_error_at=self._last_error_at,
+            convergence_ms=self._convergence_ms,
+            reconciles=self._reconciles,
+            updated_at=self._clock(),
+        )
+
+    async def status_loop(self) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            await self.publish_status()
+            await asyncio.sleep(self.options.status_interval)
+
+    async def publish_status(self) -> None:
+        try:
+            await self._status.put(status_key(self.node), encode_object(self.status()))
+        except BusError as exc:
+            log.warning("datapath %s: status not written: %s", self.node, exc)
+            self._status_dirty.set()
+
+    # ------------------------------------------------------------------ run
+
+    async def run(
+        self, stopping: asyncio.Event, *, on_ready: Callable[[bool, str], None] | None = None
+    ) -> None:
+        self._on_ready = on_ready
+        await self.target.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._watch(self._intents, p, "intent:" + p), name=f"watch {p}")
+                    for p in self.view.prefixes
+                ]
+                tasks += [
+                    tg.create_task(self._watch(self._k8s, "node.", "k8s:node."), name="watch nodes"),
+                    tg.create_task(self._watch(self._k8s, "sync.", "k8s:sync."), name="watch sync"),
+                    tg.create_task(self.apply_loop(), name="apply"),
+                    tg.create_task(self.status_loop(), name="status"),
+                ]
+                await stopping.wait()
+                for task in tasks:
+                    task.cancel()
+            await self.publish_status()
+        finally:
+            await self.target.close()
+
+
+def _endpoint_fields(endpoint: object) -> tuple[str, str, int]:
+    ns = getattr(endpoint, "namespace", None)
+    name = getattr(endpoint, "name", None)
+    port = getattr(endpoint, "p4_port", None)
+    if not isinstance(ns, str) or not isinstance(name, str) or not isinstance(port, int):
+        raise ValueError(f"endpoint {endpoint!r} lacks namespace, name or p4_port")
+    return ns, name, port
+
+
+async def run(ctx: ServiceContext[Settings]) -> None:
+    """The datapath's entry point (docs/runtime.md, docs/datapath.md)."""
+    options = ctx.settings.datapath
+    service = DatapathService(
+        node=ctx.node,
+        options=options,
+        target=build_target(options),
+        intents=await ctx.bus.kv(BUCKET_INTENT),
+        k8s=await ctx.bus.kv(BUCKET_K8S),
+        status=await ctx.bus.kv(BUCKET_STATUS),
+        tracer=ctx.tracer,
+        meter=ctx.meter,
+    )
+
+    def on_ready(ready: bool, reason: str) -> None:
+        if ready:
+            ctx.mark_ready()
+        else:
+            ctx.mark_not_ready(reason)
+
+    await service.run(ctx.stopping, on_ready=on_ready)

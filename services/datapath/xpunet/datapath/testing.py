@@ -1,0 +1,102 @@
+"""Test support for the datapath: softipu that counts the updates it receives, a DatapathService runner.
+
+``CountingSoftIpu`` is softipu itself; it only tallies the updates its Write
+receives, so a test can assert what the datapath sent (no inserts on a restart,
+no deletes of unchanged entries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+from p4.config.v1 import p4info_pb2
+from p4.v1 import p4runtime_pb2
+
+from xpunet.bus.api import StateStore
+from xpunet.datapath.p4rt_codec import EntryCodec
+from xpunet.datapath.p4rt_target import P4RuntimeTarget
+from xpunet.datapath.service import DatapathOptions, DatapathService
+from xpunet.datapath.softipu.server import SoftIpu
+from xpunet.p4rt.client import ClientSettings
+from xpunet.pipeline.entries import TableEntry
+
+_KIND = {
+    p4runtime_pb2.Update.INSERT: "INSERT",
+    p4runtime_pb2.Update.MODIFY: "MODIFY",
+    p4runtime_pb2.Update.DELETE: "DELETE",
+}
+
+
+class CountingSoftIpu(SoftIpu):
+    def __init__(self) -> None:
+        super().__init__(device_id=1)
+        self.received: Counter[str] = Counter()
+
+    async def Write(  # noqa: N802 - gRPC method name
+        self,
+        request: p4runtime_pb2.WriteRequest,
+        context: grpc.aio.ServicerContext[p4runtime_pb2.WriteRequest, p4runtime_pb2.WriteResponse],
+    ) -> p4runtime_pb2.WriteResponse:
+        for u in request.updates:
+            self.received[_KIND[u.type]] += 1
+        return await super().Write(request, context)
+
+    def entries(self, codec: EntryCodec | None = None) -> set[TableEntry]:
+        """Every table entry softipu holds, as pipeline entries."""
+        codec = codec or EntryCodec()
+        assert self.state is not None
+        return {codec.decode(e) for t in self.state.tables.values() for e in t.entries.values()}
+
+
+@dataclass
+class Buckets:
+    intents: StateStore
+    k8s: StateStore
+    status: StateStore
+
+
+class Runner:
+    """``async with runner(election_id=..., ports=...) as service``: a DatapathService on softipu."""
+
+    def __init__(self, buckets: Buckets, softipu: SoftIpu, *, node: str = "n1") -> None:
+        self.buckets = buckets
+        self.softipu = softipu
+        self.node = node
+
+    @asynccontextmanager
+    async def __call__(
+        self,
+        *,
+        election_id: int = 1,
+        ports: Mapping[str, int] | None = None,
+        p4info: p4info_pb2.P4Info | None = None,
+        take_over: bool = False,
+    ) -> AsyncIterator[DatapathService]:
+        options = DatapathOptions(coalesce=0.0, status_interval=0.0)
+        client = ClientSettings(
+            address=f"127.0.0.1:{self.softipu.port}",
+            election_id=election_id,
+            take_over_when_vacant=take_over,
+            reconnect_max=0.2,
+        )
+        service = DatapathService(
+            node=self.node,
+            options=options,
+            target=P4RuntimeTarget(client, p4info=p4info),
+            intents=self.buckets.intents,
+            k8s=self.buckets.k8s,
+            status=self.buckets.status,
+            ports=ports,
+        )
+        stopping = asyncio.Event()
+        task = asyncio.create_task(service.run(stopping))
+        try:
+            yield service
+        finally:
+            stopping.set()
+            await asyncio.wait_for(task, 10)
