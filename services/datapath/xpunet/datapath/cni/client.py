@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from xpunet.datapath.cni.config import NetConf
+from xpunet.datapath.cni.config import NetConf, TlsClient
 from xpunet.datapath.cni.errors import (
     DATAPATH_ERROR,
     INVALID_CONFIG,
@@ -78,11 +78,11 @@ class _Pending(Generic[Resp]):
         try:
             response: Resp = self._future.result()
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc, self._method, self._client.target) from exc
+            raise map_rpc_error(exc, self._method, self._client.target, self._client.conf.tls) from exc
         return response
 
 
-def map_rpc_error(exc: grpc.RpcError, method: str, target: str) -> CniError:
+def map_rpc_error(exc: grpc.RpcError, method: str, target: str, tls: TlsClient | None = None) -> CniError:
     # The errors grpc raises are also grpc.Call objects (code, details, trailing metadata).
     call: Any = exc
     is_call = hasattr(call, "code")
@@ -92,12 +92,23 @@ def map_rpc_error(exc: grpc.RpcError, method: str, target: str) -> CniError:
     reason = next((str(v) for k, v in trailing if k == REASON_KEY), "")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and reason != "not-ready":
         lowered = details.lower()
-        if any(word in lowered for word in ("handshake", "certificate", "ssl", "tls")):
+        unreachable = (
+            "connection refused",
+            "no route",
+            "resolution",
+            "deadline",
+            "timed out",
+            "no such file",
+        )
+        if tls is not None and not any(word in lowered for word in unreachable):
+            # With TLS 1.3 the server refuses a client certificate after the client's side of the
+            # handshake is done: the client only sees the connection closed.  Say what is likely.
+            if not tls.cert:
+                why = "no client certificate is configured (datapath.tls.cert/key); the datapath requires one"
+            else:
+                why = f"the datapath refused the connection: is client certificate {tls.cert} from its CA?"
             return CniError(
-                TRY_AGAIN_LATER,
-                f"mutual TLS with the datapath at {target} failed: it requires a client certificate "
-                "signed by its CA (check datapath.tls.cert/key in the network config)",
-                details,
+                TRY_AGAIN_LATER, f"mutual TLS with the datapath at {target} failed: {why}", details
             )
         return CniError(TRY_AGAIN_LATER, f"datapath unreachable at {target} ({method}): {code.name}", details)
     if reason == "not-ready":

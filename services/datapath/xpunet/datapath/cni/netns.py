@@ -86,6 +86,17 @@ async def _link(ipr: Any, index: int) -> Any:
     return (await ipr.link("get", index=index))[0]  # "get" answers a list, "dump" a stream
 
 
+async def _ours(ipr: Any, plan: Plan) -> int | None:
+    """Our vNIC in the pod: under the pod's ifname only if it has our MAC (the name may be the pod's
+    own interface), else still under its host name (an ADD interrupted before the rename)."""
+    index = await _lookup(ipr, plan.ifname)
+    if index is not None:
+        mac = str((await _link(ipr, index)).get("address") or "")
+        if mac.lower() == plan.mac.lower():
+            return index
+    return await _lookup(ipr, plan.device)
+
+
 async def plumb(plan: Plan, netns_path: str) -> None:
     """Move the vNIC into the pod and configure it (rename, MAC, MTU, addresses, routes)."""
     pod = pod_route(netns_path)
@@ -144,9 +155,7 @@ async def unplumb(plan: Plan, netns_path: str, *, move_back: bool) -> None:
     except MissingNetnsError:
         return
     try:
-        index = await _lookup(pod, plan.ifname)
-        if index is None:
-            index = await _lookup(pod, plan.device)
+        index = await _ours(pod, plan)
         if index is None:
             return
         if not move_back:

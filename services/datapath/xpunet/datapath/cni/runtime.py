@@ -78,12 +78,11 @@ async def run_plugin(
         env["CNI_IFNAME"] = ifname
     env.update(extra_env or {})
     stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+    # In the pods' host namespace when one is named, else in the caller's own.
     ip = shutil.which("ip") or "/usr/sbin/ip"
+    prefix = [ip, "netns", "exec", host_ns] if host_ns else []
     proc = await asyncio.create_subprocess_exec(
-        ip,
-        "netns",
-        "exec",
-        host_ns,
+        *prefix,
         str(plugin),
         env=env,
         stdin=asyncio.subprocess.PIPE,
