@@ -17,6 +17,7 @@ Implements :class:`xpunet.datapath.target.Target` over
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -174,3 +175,31 @@ class P4RuntimeTarget:
                     rejected.append(Rejected(phase[u.index], u.code, u.message, u.retryable))
             sent += len(phase)
         return ApplyResult(sent, tuple(rejected))
+
+
+class EmbeddedSoftIpuTarget(P4RuntimeTarget):
+    """A softipu started in this process, driven over real gRPC on loopback (``target: softipu``).
+
+    The node's software xPU for development, ``xpunetctl up`` and nodes without
+    hardware: same client, same P4Runtime path as a remote device.
+    """
+
+    kind = "softipu"
+
+    def __init__(self, settings: ClientSettings, *, listen: str = "127.0.0.1:0") -> None:
+        super().__init__(settings)
+        self.listen = listen
+        from xpunet.datapath.softipu.server import SoftIpu
+
+        self.softipu = SoftIpu(device_id=settings.device_id)
+
+    async def start(self) -> None:
+        port = await self.softipu.start(self.listen)
+        host = self.listen.rsplit(":", 1)[0]
+        self.settings = dataclasses.replace(self.settings, address=f"{host}:{port}", tls=None)
+        self.client = P4RuntimeClient(self.settings, on_arbitration=self._on_arbitration)
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.softipu.stop()

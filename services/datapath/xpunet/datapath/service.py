@@ -67,7 +67,10 @@ log = logging.getLogger(__name__)
 class DatapathOptions:
     """``datapath:`` section (``XPUNET_DATAPATH_<KEY>``)."""
 
-    target: Literal["p4rt", "kernel"] = "p4rt"
+    # softipu: an in-process software xPU (development, xpunetctl up); p4rt: a P4Runtime server;
+    # kernel: the Linux kernel of a network namespace
+    target: Literal["softipu", "p4rt", "kernel"] = "softipu"
+    softipu_listen: str = "127.0.0.1:0"  # where the in-process softipu serves P4Runtime
     # p4rt: a P4Runtime server (infrap4d, bmv2, xpunet-softipu)
     p4rt_address: str = "127.0.0.1:9559"
     p4rt_device_id: int = 1
@@ -137,6 +140,10 @@ def build_target(options: DatapathOptions) -> Target:
         from xpunet.datapath.p4rt_target import P4RuntimeTarget
 
         return P4RuntimeTarget(options.client_settings())
+    if options.target == "softipu":
+        from xpunet.datapath.p4rt_target import EmbeddedSoftIpuTarget
+
+        return EmbeddedSoftIpuTarget(options.client_settings(), listen=options.softipu_listen)
     from xpunet.datapath.kernel_adapter import KernelTargetAdapter
 
     return KernelTargetAdapter(netns=options.kernel_netns)
