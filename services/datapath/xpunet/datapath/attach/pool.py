@@ -82,6 +82,8 @@ class VnicPool:
     # -- use ----------------------------------------------------------------------------------
 
     async def take(self) -> Vnic:
+        if not self._free and self._pending:
+            await self._recover_pending()  # a VF may be back from its pod since the last look
         if self._free:
             vnic = self._free.pop(0)
         elif self._can_create():
@@ -117,9 +119,11 @@ class VnicPool:
         return tuple(self._free)
 
     async def wait_stocked(self) -> None:
-        """Wait until the stock is at target (or as full as the back-end allows)."""
+        """Wait until the stock is at target, or as full as the back-end allows with nothing pending."""
         async with self._changed:
-            await self._changed.wait_for(lambda: len(self._free) >= self.target or not self._can_create())
+            await self._changed.wait_for(
+                lambda: len(self._free) >= self.target or not (self._can_create() or self._pending)
+            )
 
     # -- replenishment ------------------------------------------------------------------------
 
