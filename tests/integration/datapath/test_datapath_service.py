@@ -15,64 +15,11 @@ from collections.abc import Callable
 from xpunet.bus.api import KVEntry
 from xpunet.datapath.intents import WRITTEN_AT_HEADER
 from xpunet.datapath.status import DatapathStatus, status_key
-from xpunet.datapath.testing import Buckets, CountingSoftIpu, Runner
-from xpunet.ir.lb import Backend, BackendSet, Frontend, LbServicePort, service_key
-from xpunet.ir.policy import PolicyEndpoint, endpoint_key
-from xpunet.model.objects import Node, NodeAddress
+from xpunet.datapath.testing import PORTS, WITHIN, Buckets, CountingSoftIpu, Runner, seed, service, svc_key
+from xpunet.ir.policy import endpoint_key
 from xpunet.p4rt.client import Role
 from xpunet.pipeline.p4info import schema_to_p4info
 from xpunet.wire import decode_object, encode_object
-
-PORTS = {"shop/web": 100, "shop/db": 101}
-WITHIN = 20.0
-
-
-def service(port_id: int, vip: str, backends: tuple[str, ...]) -> LbServicePort:
-    table = tuple(i % len(backends) for i in range(251)) if backends else ()
-    return LbServicePort(
-        id=port_id,
-        namespace="shop",
-        service=f"svc{port_id}",
-        family="ipv4",
-        protocol="TCP",
-        port=80,
-        frontends=(Frontend("cluster_ip", vip, 80),),
-        internal=BackendSet(tuple(Backend(ip, 8080, "n1") for ip in backends), table),
-    )
-
-
-def svc_key(port_id: int) -> str:
-    return service_key("shop", f"svc{port_id}", "TCP", 80, "ipv4")
-
-
-async def seed(b: Buckets) -> int:
-    """Two pods on n1, one service, two nodes (routes from Nodes) and the watcher's marker."""
-    await b.k8s.put(
-        "node.n1",
-        encode_object(
-            Node("n1", addresses=(NodeAddress("InternalIP", "192.168.0.1"),), pod_cidrs=("10.1.0.0/24",))
-        ),
-    )
-    await b.k8s.put(
-        "node.n2",
-        encode_object(
-            Node("n2", addresses=(NodeAddress("InternalIP", "192.168.0.2"),), pod_cidrs=("10.2.0.0/24",))
-        ),
-    )
-    await b.k8s.put("sync.node", b"\x80")
-    await b.intents.put(
-        endpoint_key("n1", "shop", "web"),
-        encode_object(PolicyEndpoint("shop", "web", "u1", "n1", ("10.1.0.10",))),
-    )
-    await b.intents.put(
-        endpoint_key("n1", "shop", "db"),
-        encode_object(PolicyEndpoint("shop", "db", "u2", "n1", ("10.1.0.11",))),
-    )
-    # Another node's intents must not reach n1's target.
-    await b.intents.put(
-        endpoint_key("n2", "shop", "x"), encode_object(PolicyEndpoint("shop", "x", "u3", "n2", ("10.2.0.5",)))
-    )
-    return await b.intents.put(svc_key(7), encode_object(service(7, "10.96.0.7", ("10.1.0.10", "10.1.0.11"))))
 
 
 async def read_status(

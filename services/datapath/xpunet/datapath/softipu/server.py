@@ -68,6 +68,8 @@ class SoftIpu(p4runtime_pb2_grpc.P4RuntimeServicer):
         self.state: DeviceState | None = None
         self.saved: Pipeline | None = None  # VERIFY_AND_SAVE'd, waiting for COMMIT
         self.packet_out_hook: PacketOutHook | None = None
+        # Counts Writes (and pipeline commits), so packet execution knows when to re-mirror the tables.
+        self.write_generation = 0
         self._server: grpc.aio.Server | None = None
         self.port = 0  # bound port, once started
 
@@ -182,6 +184,7 @@ class SoftIpu(p4runtime_pb2_grpc.P4RuntimeServicer):
         except _AbortError as exc:
             await context.abort(_GRPC_CODE[exc.code], exc.message)
         results = state.write(request.updates, rollback=request.atomicity in _ROLLBACK)
+        self.write_generation += 1
         failed = sum(1 for code, _ in results if code != code_pb2.OK)
         if failed:
             message = f"{failed} of {len(results)} update(s) failed"
@@ -277,6 +280,7 @@ class SoftIpu(p4runtime_pb2_grpc.P4RuntimeServicer):
 
     def _install(self, pipeline: Pipeline, *, reconcile: bool) -> None:
         old = self.state
+        self.write_generation += 1
         if reconcile and old is not None and _same_p4info(old.pipeline, pipeline):
             # Same contract: every entry still fits; keep the tables as they are.
             old.pipeline = pipeline
