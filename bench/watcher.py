@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import uvloop
 from opentelemetry import metrics, trace
 
 from xpunet.bus.api import InSync
@@ -114,7 +115,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
         store = await bus.kv(bucket)
         cmd = [sys.executable, __file__, "--child", "--nats", nats_server.url, "--bucket", bucket]
         cmd += ["--kubeconfig", str(kubeconfig), "--page-size", str(args.page_size)]
-        cmd += ["--write-batch", str(args.write_batch)]
+        cmd += ["--write-batch", str(args.write_batch), "--loop", args.loop]
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
@@ -206,6 +207,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
         },
         "page_size": args.page_size,
         "write_batch": args.write_batch,
+        "watcher_loop": args.loop,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }
@@ -218,14 +220,19 @@ def main() -> None:
     p.add_argument("--churn-seconds", type=float, default=60.0)
     p.add_argument("--page-size", type=int, default=500)
     p.add_argument("--write-batch", type=int, default=5000)
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the watcher's event loop")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--nats", help=argparse.SUPPRESS)
     p.add_argument("--bucket", help=argparse.SUPPRESS)
     p.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        # The runtime runs services under uvloop; so does the watcher here unless told otherwise.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(child(args))
+            if args.loop == "uvloop":
+                uvloop.run(child(args))
+            else:
+                asyncio.run(child(args))
         return
     print(json.dumps(asyncio.run(parent(args)), indent=2))
 
