@@ -1,0 +1,533 @@
+"""Pipeline table entries → the kernel objects that implement them: nft elements, counters, routes.  Pure.
+
+:class:`KernelState` holds the entries a kernel target carries and, per
+*unit*, the kernel items that unit renders to.  A unit is the smallest group
+of entries whose kernel form depends only on themselves: one port, one
+endpoint (its ports, addresses, host routes and ACL rules), one frontend
+(with its backend group and Maglev buckets), one IP-set table, one route.
+An update re-renders only the units the changed entries touch and returns
+the item difference, so one endpoint change costs the same at any scale.
+
+Items are ``(container, key) → value``: an element of a set or map of the
+``inet xpunet`` table (see ``ruleset``), a named counter (container
+``@counter``), or a route (container ``@route``).  Keys are canonical so that
+what nft lists back compares equal: in interval containers every non-name
+component is an inclusive ``(low, high)`` pair.
+
+Maglev is not copied bucket by bucket: a group's distinct backends each own an
+equal contiguous share of the kernel's ``jhash`` space (``ruleset.HASH_SPACE``),
+so a 10-backend service costs 10 elements per frontend instead of ~1,000.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+from xpunet.datapath.kernel.ruleset import CONTAINERS, HASH_SPACE, L4_PROTOCOLS
+from xpunet.pipeline.diff import Update
+from xpunet.pipeline.entries import EntryKey, Exact, Lpm, Range, TableEntry, Ternary
+from xpunet.pipeline.schema import FLAG_AFFINITY, FLAG_SNAT_TO_NODE, SET_BITS
+
+ItemKey = tuple[str, tuple[object, ...]]
+Items = dict[ItemKey, object]
+Unit = tuple[object, ...]
+COUNTER = "@counter"
+ROUTE = "@route"
+_L4_BY_NUMBER = {n: name for name, n in L4_PROTOCOLS.items()}
+
+
+@dataclass(slots=True)
+class Delta:
+    """Items to delete (with their old value) and to add; a changed value appears in both."""
+
+    delete: Items = field(default_factory=dict)
+    add: Items = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.delete or self.add)
+
+    def __len__(self) -> int:
+        return len(self.delete) + len(self.add)
+
+
+def counter_name(entry: TableEntry) -> str:
+    """The named nft counter of an ACL entry: stable for the entry's key."""
+    digest = hashlib.blake2b(repr(entry.key).encode(), digest_size=8).hexdigest()
+    return f"acl_{digest}"
+
+
+def _exact(e: TableEntry, name: str) -> int:
+    m = e.match_of(name)
+    return m.value if isinstance(m, Exact) else 0
+
+
+def _fam(e: TableEntry) -> int:
+    return 6 if e.table.endswith("_v6") else 4
+
+
+def _merge(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(intervals):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def lpm_segments(prefixes: Mapping[tuple[int, int], int], width: int) -> list[tuple[int, int, int]]:
+    """Disjoint ``(low, high, value)`` address intervals equal to longest-prefix match over ``prefixes``.
+
+    ``prefixes`` maps (network value, prefix length) → value.  Prefixes are
+    nested or disjoint, so a sweep with a stack of open prefixes yields each
+    address range under its most specific prefix.
+    """
+    spans = sorted(
+        ((net, net + (1 << (width - plen)) - 1, plen, v) for (net, plen), v in prefixes.items()),
+        key=lambda s: (s[0], s[2]),
+    )
+    out: list[tuple[int, int, int]] = []
+    stack: list[tuple[int, int, int]] = []  # (high, value, next uncovered low) of open prefixes
+    pos = 0
+
+    def close_until(limit: int) -> None:
+        nonlocal pos
+        while stack and stack[-1][0] < limit:
+            hi, v, _ = stack.pop()
+            if pos <= hi:
+                out.append((pos, hi, v))
+                pos = hi + 1
+
+    for lo, hi, _plen, v in spans:
+        close_until(lo)
+        if stack and pos < lo:
+            out.append((pos, lo - 1, stack[-1][1]))
+        pos = lo
+        stack.append((hi, v, lo))
+    close_until(1 << width)
+    return out
+
+
+class KernelState:
+    """Applied entries, their indexes, and the items of every unit.  Mutated only by :meth:`update`."""
+
+    def __init__(self, port_names: Mapping[int, str] | None = None) -> None:
+        self.port_names: dict[int, str] = dict(port_names or {})
+        self.entries: dict[EntryKey, TableEntry] = {}
+        self.units: dict[Unit, Items] = {}
+        self.problems: dict[Unit, list[str]] = {}
+        self._by_endpoint: dict[int, set[EntryKey]] = {}
+        self._by_group: dict[int, set[EntryKey]] = {}  # backend_group + maglev entries
+        self._fe_by_group: dict[int, set[EntryKey]] = {}
+        self._fib_by_nh: dict[int, set[EntryKey]] = {}
+        self._backends: dict[
+            tuple[int, int], list[tuple[int, int]]
+        ] = {}  # per _rerender: (group, v) → backends
+        self._by_table: dict[str, dict[EntryKey, TableEntry]] = {}
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def items(self) -> Items:
+        """Every item the applied entries render to."""
+        out: Items = {}
+        for items in self.units.values():
+            out.update(items)
+        return out
+
+    def _index(self, e: TableEntry, add: bool) -> list[Unit]:
+        """Add or remove ``e`` from the indexes; returns the units it touches."""
+
+        def idx(d: dict[int, set[EntryKey]], k: int) -> None:
+            if add:
+                d.setdefault(k, set()).add(e.key)
+            else:
+                s = d.get(k)
+                if s is not None:
+                    s.discard(e.key)
+                    if not s:
+                        del d[k]
+
+        tbl = self._by_table.setdefault(e.table, {})
+        if add:
+            tbl[e.key] = e
+        else:
+            tbl.pop(e.key, None)
+        a = e.alias
+        units: list[Unit] = []
+        if a == "port_info":
+            port = _exact(e, "in_port")
+            units.append(("port", port))
+            if e.action.endswith("from_endpoint"):
+                idx(self._by_endpoint, e.param("endpoint_id"))
+                units.append(("ep", e.param("endpoint_id")))
+        elif a.startswith("endpoint_by_ip"):
+            idx(self._by_endpoint, e.param("endpoint_id"))
+            units.append(("ep", e.param("endpoint_id")))
+        elif a in ("acl_egress", "acl_ingress"):
+            idx(self._by_endpoint, _exact(e, "endpoint_id"))
+            units.append(("ep", _exact(e, "endpoint_id")))
+        elif a.startswith("fib_"):
+            units.append(("route", e.key))
+            if e.action.endswith("deliver_local"):
+                idx(self._by_endpoint, e.param("endpoint_id"))
+                units.append(("ep", e.param("endpoint_id")))
+            elif e.action.endswith("route_via"):
+                idx(self._fib_by_nh, e.param("next_hop_id"))
+        elif a == "next_hop":
+            units += [("route", k) for k in self._fib_by_nh.get(_exact(e, "next_hop_id"), ())]
+        elif a.startswith(("service_frontend", "node_port")):
+            idx(self._fe_by_group, e.param("backend_group"))
+            units.append(("fe", e.key))
+        elif a == "backend_group" or a.startswith("maglev_backend"):
+            group = _exact(e, "backend_group")
+            idx(self._by_group, group)
+            units += [("fe", k) for k in self._fe_by_group.get(group, ())]
+        elif a.startswith("ip_set_"):
+            units.append(("ipset", a))
+        elif a.startswith("node_address"):
+            units.append(("node_addr", e.key))
+        return units
+
+    def set_port_names(self, names: Mapping[int, str]) -> Delta:
+        """Change the port → interface name map; re-renders every unit that names interfaces."""
+        self.port_names = dict(names)
+        dirty: set[Unit] = {u for u in self.units if u[0] in ("port", "ep", "route")}
+        for e in self.entries.values():
+            if e.alias == "port_info":
+                dirty.add(("port", _exact(e, "in_port")))
+            elif e.alias.startswith("fib_"):
+                dirty.add(("route", e.key))
+            elif e.alias.startswith("endpoint_by_ip") or e.alias.startswith("acl_"):
+                dirty.update(self._index(e, add=True))
+        return self._rerender(dirty)
+
+    # --- updates --------------------------------------------------------------------------
+
+    def update(self, updates: Iterable[Update]) -> Delta:
+        """Apply entry updates (INSERT/MODIFY/DELETE, idempotently); returns the item difference."""
+        dirty: set[Unit] = set()
+        for u in updates:
+            old = self.entries.get(u.entry.key)
+            if old is not None:
+                dirty.update(self._index(old, add=False))
+                del self.entries[old.key]
+            if u.kind != "DELETE":
+                self.entries[u.entry.key] = u.entry
+                dirty.update(self._index(u.entry, add=True))
+        return self._rerender(dirty)
+
+    def replace_all(self, entries: Iterable[TableEntry]) -> Delta:
+        """Make the applied entries exactly ``entries``."""
+        new = {e.key: e for e in entries}
+        ups = [Update("DELETE", e) for k, e in self.entries.items() if k not in new]
+        ups += [
+            Update("INSERT", e) for k, e in new.items() if self.entries.get(k) != e or k not in self.entries
+        ]
+        return self.update(ups)
+
+    def _rerender(self, dirty: set[Unit]) -> Delta:
+        delta = Delta()
+        self._backends.clear()
+        for unit in dirty:
+            problems: list[str] = []
+            new = self._render(unit, problems)
+            old = self.units.get(unit, {})
+            for k, v in old.items():
+                if new.get(k, delta) != v:
+                    delta.delete[k] = v
+            for k, v in new.items():
+                if old.get(k, delta) != v:
+                    delta.add[k] = v
+            if new:
+                self.units[unit] = new
+            else:
+                self.units.pop(unit, None)
+            if problems:
+                self.problems[unit] = problems
+            else:
+                self.problems.pop(unit, None)
+        # An item moving between units is neither deleted nor added.
+        for k in [k for k, v in delta.delete.items() if delta.add.get(k, delta) == v]:
+            del delta.delete[k]
+            del delta.add[k]
+        return delta
+
+    # --- rendering ----------------------------------------------------------------------------
+
+    def _render(self, unit: Unit, problems: list[str]) -> Items:
+        kind, arg = unit[0], unit[1]
+        if kind == "port":
+            return self._render_port(cast(int, arg))
+        if kind == "ep":
+            return self._render_endpoint(cast(int, arg), problems)
+        if kind == "fe":
+            return self._render_frontend(cast(EntryKey, arg), problems)
+        if kind == "ipset":
+            return self._render_ipsets(cast(str, arg))
+        if kind == "node_addr":
+            e = self.entries.get(cast(EntryKey, arg))
+            if e is None:
+                return {}
+            return {(f"node_addr{_fam(e)}", (_exact(e, "dst_addr"),)): None}
+        if kind == "route":
+            return self._render_route(cast(EntryKey, arg), problems)
+        return {}
+
+    def _render_port(self, port: int) -> Items:
+        e = next(
+            (x for x in self._by_table.get("ingress.port_info", {}).values() if _exact(x, "in_port") == port),
+            None,
+        )
+        name = self.port_names.get(port)
+        if e is None or name is None:
+            return {}
+        if e.action.endswith("from_uplink"):
+            return {("port_kind", (name,)): "goto:svc_check"}
+        if e.action.endswith("from_endpoint"):
+            return {("port_kind", (name,)): "goto:from_pod", ("pod_ifs", (name,)): None}
+        return {}  # from_host: host traffic enters through the output hook, not an interface
+
+    def _render_endpoint(self, ep: int, problems: list[str]) -> Items:
+        out: Items = {}
+        mine = [self.entries[k] for k in sorted(self._by_endpoint.get(ep, ()), key=repr)]
+        in_ifs: list[str] = []
+        out_ifs: list[str] = []
+        for e in mine:
+            if e.alias == "port_info":
+                name = self.port_names.get(_exact(e, "in_port"))
+                if name is not None:
+                    in_ifs.append(name)
+            elif e.alias.startswith("fib_"):
+                name = self.port_names.get(e.param("port"))
+                if name is not None:
+                    out_ifs.append(name)
+                    out[("pod_oifs", (name,))] = None
+        for e in mine:
+            if e.alias.startswith("endpoint_by_ip"):
+                for name in in_ifs:
+                    out[(f"ep_src{_fam(e)}", (name, _exact(e, "src_addr")))] = None
+        for direction, ifs in (("egress", in_ifs), ("ingress", out_ifs)):
+            acl = [e for e in mine if e.alias == f"acl_{direction}"]
+            for e in acl:
+                out[(COUNTER, (counter_name(e),))] = None
+            out.update(_render_acl(direction, acl, ifs, problems))
+        return out
+
+    def _render_frontend(self, key: EntryKey, problems: list[str]) -> Items:
+        fe = self.entries.get(key)
+        if fe is None:
+            return {}
+        v = _fam(fe)
+        l4 = _L4_BY_NUMBER.get(_exact(fe, "protocol"))
+        port = _exact(fe, "dst_port")
+        nodeport = fe.alias.startswith("node_port")
+        pre = "np" if nodeport else "fe"
+        fkey: tuple[object, ...] = (port,) if nodeport else (_exact(fe, "dst_addr"), port)
+        proto = _exact(fe, "protocol")
+        # reject/drop/snat sets are keyed (addr,) proto, port; backend maps (addr,) port, hash share.
+        skey = (proto, port) if nodeport else (_exact(fe, "dst_addr"), proto, port)
+        flags = fe.param("flags")
+        out: Items = {}
+        if flags & FLAG_SNAT_TO_NODE:
+            out[(f"{pre}_snat{v}", skey)] = None
+        group = fe.param("backend_group")
+        g = next(
+            (
+                self.entries[k]
+                for k in self._by_group.get(group, ())
+                if self.entries[k].alias == "backend_group"
+            ),
+            None,
+        )
+        if g is None or g.action.endswith("drop_empty_group"):
+            out[(f"{pre}_drop{v}", skey)] = None
+            return out
+        if g.action.endswith("reject_empty_group"):
+            out[(f"{pre}_reject{v}", skey)] = None
+            return out
+        if l4 is None:
+            problems.append(f"{fe.alias}: protocol {proto} has no ports to balance on; dropped")
+            out[(f"{pre}_drop{v}", skey)] = None
+            return out
+        backends = self._backends.get((group, v))
+        if backends is None:
+            buckets = g.param("bucket_count")
+            backends = sorted(
+                {
+                    (e.param("addr"), e.param("port"))
+                    for k in self._by_group.get(group, ())
+                    if (e := self.entries[k]).alias == f"maglev_backend_v{v}"
+                    and _exact(e, "bucket") < buckets
+                }
+            )
+            self._backends[(group, v)] = backends
+        if not backends:
+            out[(f"{pre}_drop{v}", skey)] = None
+            return out
+        container = f"{pre}_{'aff' if flags & FLAG_AFFINITY else 'be'}{v}_{l4}"
+        n = len(backends)
+        ikey = tuple((x, x) for x in fkey)
+        for i, backend in enumerate(backends):
+            share = (i * HASH_SPACE // n, (i + 1) * HASH_SPACE // n - 1)
+            out[(container, (*ikey, share))] = backend
+        return out
+
+    def _render_ipsets(self, alias: str) -> Items:
+        # alias: ip_set_{src,dst}_v{4,6}
+        _, _, side, fam = alias.split("_")
+        v = int(fam[1])
+        width = 32 if v == 4 else 128
+        prefixes: dict[tuple[int, int], int] = {}
+        for e in self._by_table.get(f"ingress.{alias}", {}).values():
+            m = e.match_of(f"{side}_addr")
+            plen, net = (m.prefix_len, m.value) if isinstance(m, Lpm) else (0, 0)
+            prefixes[(net, plen)] = e.param("sets") if e.action.endswith(f"set_{side}_sets") else 0
+        per_bit: dict[int, list[tuple[int, int]]] = {}
+        for lo, hi, bits in lpm_segments(prefixes, width):
+            b = 0
+            while bits:
+                if bits & 1:
+                    per_bit.setdefault(b, []).append((lo, hi))
+                bits >>= 1
+                b += 1
+        out: Items = {}
+        for b, spans in per_bit.items():
+            for span in _merge(spans):
+                out[(f"{side}{v}_b{b}", (span,))] = None
+        return out
+
+    def _render_route(self, key: EntryKey, problems: list[str]) -> Items:
+        e = self.entries.get(key)
+        if e is None:
+            return {}
+        m = e.match_of("dst_addr")
+        v = _fam(e)
+        dst, plen = (m.value, m.prefix_len) if isinstance(m, Lpm) else (0, 0)
+        rkey = (v, dst, plen)
+        if e.action.endswith("deliver_local"):
+            name = self.port_names.get(e.param("port"))
+            if name is None:
+                problems.append(f"{e.alias}: port {e.param('port')} has no interface; no route")
+                return {}
+            return {(ROUTE, rkey): (None, name)}
+        if e.action.endswith("route_via"):
+            nh_id = e.param("next_hop_id")
+            nh = next(
+                (
+                    x
+                    for x in self._by_table.get("ingress.next_hop", {}).values()
+                    if _exact(x, "next_hop_id") == nh_id
+                ),
+                None,
+            )
+            if nh is None:
+                return {}  # fail closed: no route, the kernel drops (the pipeline's drop_no_route)
+            name = self.port_names.get(nh.param("port"))
+            if name is None:
+                problems.append(f"next_hop {nh_id}: port {nh.param('port')} has no interface; no route")
+                return {}
+            if nh.action.endswith(f"via_direct_v{v}"):
+                return {(ROUTE, rkey): (nh.param("node_addr"), name)}
+            problems.append(
+                f"next_hop {nh_id}: {nh.action.rsplit('.', 1)[-1]} is not supported by the kernel target"
+            )
+            return {}
+        return {}  # deliver_host: the node's own addresses are local routes already
+
+
+def _protocol_ranges(m: object) -> list[tuple[int, int]] | None:
+    if m is None:
+        return [(0, 255)]
+    if isinstance(m, Ternary):
+        return _merge((p, p) for p in range(256) if p & m.mask == m.value)
+    return None
+
+
+def _render_acl(direction: str, acl: list[TableEntry], ifs: list[str], problems: list[str]) -> Items:
+    """Allow entries of one endpoint → disjoint boxes (iface, proto range, port range) → entry counter.
+
+    Overlapping rules are cut so that each box names the entry a P4 target would
+    hit (highest priority, then the smallest key), whose counter then counts it.
+    """
+    d = "eg" if direction == "egress" else "in"
+    peer = "dst_sets" if direction == "egress" else "src_sets"
+    by_cond: dict[str, list[tuple[TableEntry, list[tuple[int, int]], tuple[int, int]]]] = {}
+    for e in acl:
+        m = e.match_of(peer)
+        if m is None:
+            cond = "any"
+        elif isinstance(m, Ternary) and m.value == m.mask and m.mask & (m.mask - 1) == 0 and m.mask:
+            cond = f"b{m.mask.bit_length() - 1}"
+            if m.mask.bit_length() > SET_BITS:
+                problems.append(f"{e.alias}: set bit out of range; rule left out")
+                continue
+        else:
+            problems.append(
+                f"{e.alias} {e.origin or e.key}: only single-set matches are supported; rule left out"
+            )
+            continue
+        protos = _protocol_ranges(e.match_of("protocol"))
+        pm = e.match_of("dst_port")
+        ports = (pm.low, pm.high) if isinstance(pm, Range) else (0, 65535)
+        if protos is None:
+            problems.append(f"{e.alias}: unsupported protocol match; rule left out")
+            continue
+        by_cond.setdefault(cond, []).append((e, protos, ports))
+    out: Items = {}
+    for cond, rules in by_cond.items():
+        container = f"acl_{d}_{cond}"
+        for box, e in _disjoint_boxes(rules).items():
+            (plo, phi), (lo, hi) = box
+            for name in ifs:
+                out[(container, (name, (plo, phi), (lo, hi)))] = counter_name(e)
+        if container not in CONTAINERS:
+            problems.append(f"{container}: no such ACL map")
+    return out
+
+
+def _disjoint_boxes(
+    rules: list[tuple[TableEntry, list[tuple[int, int]], tuple[int, int]]],
+) -> dict[tuple[tuple[int, int], tuple[int, int]], TableEntry]:
+    def rank(e: TableEntry) -> tuple[int, str]:
+        return (-e.priority, repr(e.key))
+
+    boxes = [(pr, ports, e) for e, prs, ports in rules for pr in prs]
+    # Fast path: no overlaps (the usual case) keeps one box per rule.
+    ordered = sorted(boxes, key=lambda b: (b[0], b[1]))
+    overlap = any(
+        a[0][0] <= b[0][1] and b[0][0] <= a[0][1] and a[1][0] <= b[1][1] and b[1][0] <= a[1][1]
+        for i, a in enumerate(ordered)
+        for b in ordered[i + 1 :]
+    )
+    if not overlap:
+        return {(pr, ports): e for pr, ports, e in boxes}
+    pcuts = sorted({c for (lo, hi), _, _ in boxes for c in (lo, hi + 1)})
+    out: dict[tuple[tuple[int, int], tuple[int, int]], TableEntry] = {}
+    for plo, pnext in itertools.pairwise(pcuts):
+        phi = pnext - 1
+        live = [(ports, e) for (lo, hi), ports, e in boxes if lo <= plo and phi <= hi]
+        if not live:
+            continue
+        cuts = sorted({c for (lo, hi), _ in live for c in (lo, hi + 1)})
+        prev: tuple[int, int, TableEntry] | None = None
+        for lo, nxt in itertools.pairwise(cuts):
+            cover = [e for (a, b), e in live if a <= lo and nxt - 1 <= b]
+            if not cover:
+                if prev is not None:
+                    out[((plo, phi), (prev[0], prev[1]))] = prev[2]
+                    prev = None
+                continue
+            best = min(cover, key=rank)
+            if prev is not None and prev[2] is best and prev[1] + 1 == lo:
+                prev = (prev[0], nxt - 1, best)
+            else:
+                if prev is not None:
+                    out[((plo, phi), (prev[0], prev[1]))] = prev[2]
+                prev = (lo, nxt - 1, best)
+        if prev is not None:
+            out[((plo, phi), (prev[0], prev[1]))] = prev[2]
+    return out

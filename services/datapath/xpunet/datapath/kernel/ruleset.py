@@ -1,0 +1,327 @@
+"""The fixed shape of xpunet's nftables table ``inet xpunet``: containers, chains, rules.  Pure.
+
+Everything that changes with the table entries lives in set and map
+*elements* (see ``render``); the chains and rules here are static, so an entry
+change is only ever an element add/delete inside one transaction, and a
+lookup costs the same whatever the number of services and endpoints.
+
+Packet walk (mirrors the pipeline, see docs/kernel-target.md):
+
+* ``pre_filter`` (prerouting, priority -150, after conntrack): the ingress
+  interface decides (``port_kind``: pod vNIC → anti-spoofing, uplink →
+  on; anything else → dropped, fail closed); then frontends of services with
+  no backend are rejected (TCP RST / ICMP port unreachable) or dropped.
+* ``pre_nat``/``out_nat`` (dstnat): service frontends → a backend picked by
+  ``jhash`` of the 5-tuple (or of the client address for ClientIP affinity)
+  in an interval map ``frontend . hash → backend addr . port``.  Conntrack
+  does the reverse NAT of replies.
+* ``forward``/``input`` (filter): established flows pass; a packet from a pod
+  goes through its egress ACL, a packet to a pod through the pod's ingress
+  ACL.  An ACL is one rule per IP-set bit: ``peer in set b`` and
+  ``iface . proto . port`` in the bit's interval map, whose value is the
+  named counter of the entry that allows it.  No match: counted and dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from xpunet.pipeline.schema import DROP_REASONS, SET_BITS
+
+TABLE = "xpunet"
+FAMILY = "inet"
+HASH_SPACE = 1 << 30
+"""The kernel's flow hash is ``jhash(...) mod HASH_SPACE``; each backend owns a contiguous range."""
+HASH_SEED = 0x78707531  # "xpu1": equal on every node, so every kernel-target node picks alike
+PRIORITY_PRE_FILTER = -150
+SNAT_CT_MARK = 0x20000000
+"""The connection-mark bit of flows to be SNATed to the node (externalTrafficPolicy Cluster)."""
+RT_PROTO_XPUNET = 93
+"""Route protocol number (``ip route ... proto 93``) of every route xpunet owns."""
+
+L4_PROTOCOLS: Mapping[str, int] = {"tcp": 6, "udp": 17, "sctp": 132}
+Kind = Literal["ifname", "ipv4", "ipv6", "proto", "port", "u32"]
+DataKind = Literal["verdict", "counter", "ipv4_port", "ipv6_port"]
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """A set (``data is None``) or map of the table, with its key components."""
+
+    name: str
+    key: tuple[Kind, ...]
+    data: DataKind | None = None
+    interval: bool = False
+    l4: str = ""  # backend maps: the transport protocol the map serves (nft needs one per protocol)
+
+    @property
+    def kind(self) -> str:
+        return "map" if self.data else "set"
+
+    def declaration(self) -> str:
+        """``{ type ...; flags ...; }``: the body of an ``add set``/``add map`` command."""
+        types = {
+            "ifname": "ifname",
+            "ipv4": "ipv4_addr",
+            "ipv6": "ipv6_addr",
+            "proto": "inet_proto",
+            "port": "inet_service",
+            "u32": "mark",
+        }
+        data = {
+            "verdict": "verdict",
+            "counter": "counter",
+            "ipv4_port": "ipv4_addr . inet_service",
+            "ipv6_port": "ipv6_addr . inet_service",
+        }
+        if "u32" in self.key:
+            # A jhash result is a plain 32-bit integer: only typeof declares a key nft accepts for it,
+            # and `meta cpu` is the plain-integer expression nft 1.0.6 can also list back.
+            typeofs = {
+                "ipv4": "ip daddr",
+                "ipv6": "ip6 daddr",
+                "proto": "meta l4proto",
+                "port": "th dport",
+                "u32": "meta cpu",
+            }
+            key = " . ".join(typeofs[k] for k in self.key)
+            # The data is declared with the map's own protocol: nft 1.0.6 cannot reload a
+            # `th dport` data type into a rule that matched a protocol.
+            ip = "ip" if self.data == "ipv4_port" else "ip6"
+            value = f"{ip} daddr . {self.l4} dport"
+            body = f"typeof {key} : {value};"
+        else:
+            key = " . ".join(types[k] for k in self.key)
+            body = f"type {key}" + (f" : {data[self.data]};" if self.data else ";")
+        flags = " flags interval;" if self.interval else ""
+        return f"{{ {body}{flags} }}"
+
+
+def _containers() -> dict[str, Container]:
+    out: list[Container] = [
+        Container("port_kind", ("ifname",), "verdict"),
+        Container("pod_ifs", ("ifname",)),
+        Container("pod_oifs", ("ifname",)),
+        Container("ep_src4", ("ifname", "ipv4")),
+        Container("ep_src6", ("ifname", "ipv6")),
+        Container("node_addr4", ("ipv4",)),
+        Container("node_addr6", ("ipv6",)),
+    ]
+    fams: tuple[tuple[int, Kind, DataKind], ...] = ((4, "ipv4", "ipv4_port"), (6, "ipv6", "ipv6_port"))
+    for v, k, data in fams:
+        out += [
+            Container(f"fe_reject{v}", (k, "proto", "port")),
+            Container(f"fe_drop{v}", (k, "proto", "port")),
+            Container(f"fe_snat{v}", (k, "proto", "port")),
+            Container(f"np_reject{v}", ("proto", "port")),
+            Container(f"np_drop{v}", ("proto", "port")),
+            Container(f"np_snat{v}", ("proto", "port")),
+        ]
+        for l4 in L4_PROTOCOLS:
+            out += [
+                Container(f"fe_be{v}_{l4}", (k, "port", "u32"), data, True, l4),
+                Container(f"fe_aff{v}_{l4}", (k, "port", "u32"), data, True, l4),
+                Container(f"np_be{v}_{l4}", ("port", "u32"), data, True, l4),
+                Container(f"np_aff{v}_{l4}", ("port", "u32"), data, True, l4),
+            ]
+        for side in ("src", "dst"):
+            out += [Container(f"{side}{v}_b{b}", (k,), None, True) for b in range(SET_BITS)]
+    for d in ("eg", "in"):
+        names = [f"acl_{d}_b{b}" for b in range(SET_BITS)] + [f"acl_{d}_any"]
+        out += [Container(n, ("ifname", "proto", "port"), "counter", True) for n in names]
+    return {c.name: c for c in out}
+
+
+CONTAINERS: Mapping[str, Container] = _containers()
+
+STATIC_COUNTERS: tuple[str, ...] = (
+    *(f"drop_{r}" for r in DROP_REASONS),
+    "deny_egress",
+    "deny_ingress",
+)
+
+
+def _acl_chain(direction: Literal["egress", "ingress"]) -> list[str]:
+    d, iface, side, verdict = (
+        ("eg", "iifname", "dst", "return") if direction == "egress" else ("in", "oifname", "src", "accept")
+    )
+    addr = "daddr" if side == "dst" else "saddr"
+    lookup = f"{iface} . meta l4proto . th dport"
+    rules = []
+    for b in range(SET_BITS):
+        for v, p in ((4, "ip"), (6, "ip6")):
+            rules.append(f"{p} {addr} @{side}{v}_b{b} counter name {lookup} map @acl_{d}_b{b} {verdict}")
+    rules.append(f"counter name {lookup} map @acl_{d}_any {verdict}")
+    rules.append(f'counter name "deny_{direction}" drop')
+    return rules
+
+
+_ND = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
+
+
+def _nat_rules() -> list[str]:
+    # Within one frontend the destination and protocol are fixed, so the client address and port are
+    # all the flow hash needs (and an IPv6 5-tuple would not fit nft's registers beside the key).
+    flow = {"ip": "jhash ip saddr . th sport", "ip6": "jhash ip6 saddr . th sport"}
+    client = {"ip": "jhash ip saddr", "ip6": "jhash ip6 saddr"}
+    mod = f"mod {HASH_SPACE} seed {HASH_SEED:#x}"
+    out = []
+    for v, p in ((4, "ip"), (6, "ip6")):
+        for l4 in L4_PROTOCOLS:
+            fe = f"meta l4proto {l4} dnat {p} to {p} daddr . th dport"
+            np = f"{p} daddr @node_addr{v} meta l4proto {l4} dnat {p} to th dport"
+            out += [
+                f"{fe} . {flow[p]} {mod} map @fe_be{v}_{l4}",
+                f"{fe} . {client[p]} {mod} map @fe_aff{v}_{l4}",
+                f"{np} . {flow[p]} {mod} map @np_be{v}_{l4}",
+                f"{np} . {client[p]} {mod} map @np_aff{v}_{l4}",
+            ]
+    return out
+
+
+def _svc_check_rules() -> list[str]:
+    out = ["ct state established,related accept"]
+    for v, p in ((4, "ip"), (6, "ip6")):
+        fe = f"{p} daddr . meta l4proto . th dport"
+        out += [
+            f"{fe} @fe_reject{v} goto reject_no_backend",
+            f'{fe} @fe_drop{v} counter name "drop_no_backend" drop',
+            f"{p} daddr @node_addr{v} meta l4proto . th dport @np_reject{v} goto reject_no_backend",
+            f"{p} daddr @node_addr{v} meta l4proto . th dport @np_drop{v} "
+            'counter name "drop_no_backend" drop',
+        ]
+    return out
+
+
+def _snat_mark_rules() -> list[str]:
+    # Conntrack cannot be matched on its original port in a concatenation, so the frontend is
+    # recognised before DNAT and remembered in one bit of the connection mark.
+    out = []
+    for v, p in ((4, "ip"), (6, "ip6")):
+        mark = f"ct mark set ct mark or {SNAT_CT_MARK:#x}"
+        out += [
+            f"{p} daddr . meta l4proto . th dport @fe_snat{v} {mark}",
+            f"{p} daddr @node_addr{v} meta l4proto . th dport @np_snat{v} {mark}",
+        ]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    hook: str | None  # None: a regular chain reached by jump/goto
+    kind: str = "filter"
+    priority: int = 0
+    rules: tuple[str, ...] = ()
+
+
+def _chains() -> tuple[Chain, ...]:
+    return (
+        Chain(
+            "pre_filter",
+            "prerouting",
+            priority=PRIORITY_PRE_FILTER,
+            rules=(
+                'iifname "lo" accept',
+                "iifname vmap @port_kind",
+                'counter name "drop_unknown_port" drop',
+            ),
+        ),
+        Chain(
+            "from_pod",
+            None,
+            rules=(
+                "iifname . ip saddr @ep_src4 goto svc_check",
+                "iifname . ip6 saddr @ep_src6 goto svc_check",
+                _ND,
+                'counter name "drop_spoofed_source" drop',
+            ),
+        ),
+        Chain("svc_check", None, rules=tuple(_svc_check_rules())),
+        Chain(
+            "reject_no_backend",
+            None,
+            rules=("meta l4proto tcp reject with tcp reset", "reject with icmpx port-unreachable"),
+        ),
+        Chain("out_filter", "output", priority=PRIORITY_PRE_FILTER, rules=("goto svc_check",)),
+        Chain("pre_nat", "prerouting", "nat", -100, (*_snat_mark_rules(), *_nat_rules())),
+        Chain("out_nat", "output", "nat", -100, tuple(_nat_rules())),
+        Chain(
+            "post_nat",
+            "postrouting",
+            "nat",
+            100,
+            (f"ct status dnat ct mark and {SNAT_CT_MARK:#x} == {SNAT_CT_MARK:#x} masquerade",),
+        ),
+        Chain(
+            "forward",
+            "forward",
+            rules=(
+                "ct state established,related accept",
+                "iifname @pod_ifs jump egress",
+                "oifname @pod_oifs goto ingress",
+            ),
+        ),
+        Chain(
+            "input",
+            "input",
+            rules=("ct state established,related accept", _ND, "iifname @pod_ifs jump egress"),
+        ),
+        Chain("egress", None, rules=tuple(_acl_chain("egress"))),
+        Chain("ingress", None, rules=tuple(_acl_chain("ingress"))),
+    )
+
+
+CHAINS: tuple[Chain, ...] = _chains()
+
+
+def _digest() -> str:
+    text = "\n".join(f"{c.name} {c.declaration()}" for c in CONTAINERS.values())
+    text += "\n".join(f"{c.name} {c.hook} {c.kind} {c.priority} {c.rules}" for c in CHAINS)
+    text += f"{STATIC_COUNTERS} {HASH_SPACE} {HASH_SEED}"
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+RULESET_DIGEST = _digest()
+MARKER_COUNTER = f"ruleset_{RULESET_DIGEST}"
+"""A named counter whose name says which version of this shape the table holds."""
+
+
+def bootstrap_script(*, existing_containers: Mapping[str, str], existing_counters: frozenset[str]) -> str:
+    """The nft script (one transaction) that brings the table to this shape without touching elements.
+
+    ``existing_containers`` maps the name of each set/map already in the table
+    to its kind (``set`` or ``map``).  Containers are added, chains are emptied and
+    refilled, and containers or marker counters of an older shape are removed
+    after the rules that used them.
+    """
+    lines = [f"add table {FAMILY} {TABLE}"]
+    for c in CONTAINERS.values():
+        if c.name not in existing_containers:
+            lines.append(f"add {c.kind} {FAMILY} {TABLE} {c.name} {c.declaration()}")
+    for name in (*STATIC_COUNTERS, MARKER_COUNTER):
+        if name not in existing_counters:
+            lines.append(f"add counter {FAMILY} {TABLE} {name}")
+    for ch in CHAINS:
+        if ch.hook is None:
+            lines.append(f"add chain {FAMILY} {TABLE} {ch.name}")
+        else:
+            lines.append(
+                f"add chain {FAMILY} {TABLE} {ch.name} {{ type {ch.kind} hook {ch.hook} "
+                f"priority {ch.priority}; policy accept; }}"
+            )
+    for ch in CHAINS:
+        lines.append(f"flush chain {FAMILY} {TABLE} {ch.name}")
+    for ch in CHAINS:
+        for r in ch.rules:
+            lines.append(f"add rule {FAMILY} {TABLE} {ch.name} {r}")
+    for name, kind in sorted(existing_containers.items()):
+        if name not in CONTAINERS:
+            lines.append(f"delete {kind} {FAMILY} {TABLE} {name}")
+    for name in sorted(existing_counters):
+        if name.startswith("ruleset_") and name != MARKER_COUNTER:
+            lines.append(f"delete counter {FAMILY} {TABLE} {name}")
+    return "\n".join(lines) + "\n"

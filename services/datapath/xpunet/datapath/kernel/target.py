@@ -1,0 +1,176 @@
+"""The kernel target: pipeline entries programmed into a network namespace's nftables and routes.
+
+``KernelTarget`` offers ``apply`` (an ordered batch), ``read`` (what is
+applied), ``reconcile`` (with a desired entry set) and ``counters``; the
+datapath reaches it through ``xpunet.datapath.kernel_adapter`` (its Target
+protocol).  The translation is the pure
+``KernelState``; this class only sequences it with the two adapters:
+
+* each ``apply`` is one ``nft -j -f -`` transaction of element and counter
+  adds/deletes (never a table flush), then the route changes over netlink;
+* ``reconcile`` reads back the table and the xpunet-protocol routes, and
+  changes only what differs from the desired entries — after a datapath
+  restart nothing that is already right is touched, so traffic keeps flowing.
+
+An nft failure leaves the kernel as it was (the transaction is atomic) and the
+state is rolled back to match; a failed route is reported in the result and
+redone by the next ``reconcile``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from xpunet.datapath.kernel.codec import parse_table, transaction
+from xpunet.datapath.kernel.nft import Nft
+from xpunet.datapath.kernel.render import COUNTER, ROUTE, Delta, Items, KernelState, counter_name
+from xpunet.datapath.kernel.routes import Routes
+from xpunet.datapath.kernel.ruleset import CONTAINERS, MARKER_COUNTER, STATIC_COUNTERS, bootstrap_script
+from xpunet.pipeline.diff import Batch, Update
+from xpunet.pipeline.entries import EntryKey, TableEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one apply or reconcile changed in the target, and what it could not do."""
+
+    added: int = 0
+    deleted: int = 0
+    problems: tuple[str, ...] = ()  # entries the target cannot express (left out: fail closed)
+    route_errors: tuple[str, ...] = ()
+
+
+class KernelTarget:
+    """Programs ``netns`` (empty: this process's namespace).
+
+    ``port_names`` maps vNIC port ids to interface names in that namespace.
+    """
+
+    def __init__(self, *, netns: str = "", port_names: Mapping[int, str] | None = None) -> None:
+        self.netns = netns
+        self.state = KernelState(port_names)
+        self._nft = Nft(netns)
+        self._routes = Routes(netns)
+        self._started = False
+
+    async def start(self) -> None:
+        """Give the table its chains and containers if they are missing or of another version."""
+        doc = await self._nft.list_table()
+        view = parse_table(doc) if doc is not None else None
+        current = view is not None and MARKER_COUNTER in view.counters
+        if view is not None and current and CONTAINERS.keys() <= view.containers.keys():
+            self._started = True
+            return
+        log.info("kernel target %s: installing the xpunet ruleset", self.netns or "(own namespace)")
+        await self._nft.run_script(
+            bootstrap_script(
+                existing_containers=view.containers if view else {},
+                existing_counters=frozenset(view.counters) if view else frozenset(),
+            )
+        )
+        self._started = True
+
+    async def close(self) -> None:
+        await self._routes.close()
+
+    async def _commit(self, delta: Delta) -> list[str]:
+        await self._nft.apply(transaction(delta))
+        rdel = {k: v for k, v in delta.delete.items() if k[0] == ROUTE}
+        radd = {k: v for k, v in delta.add.items() if k[0] == ROUTE}
+        if rdel or radd:
+            return await self._routes.apply(rdel, radd)
+        return []
+
+    def _problems(self) -> tuple[str, ...]:
+        return tuple(p for ps in self.state.problems.values() for p in ps)
+
+    async def apply(self, batch: Batch) -> ApplyResult:
+        """Apply the batch's updates as one nft transaction (phases need no separate writes here)."""
+        if not self._started:
+            await self.start()
+        updates = batch.updates
+        before = {u.entry.key: self.state.entries.get(u.entry.key) for u in updates}
+        delta = self.state.update(updates)
+        try:
+            route_errors = await self._commit(delta)
+        except Exception:
+            undo = [
+                Update("INSERT", old) if old is not None else Update("DELETE", self._entry_for(key, updates))
+                for key, old in before.items()
+            ]
+            self.state.update(undo)
+            raise
+        return ApplyResult(len(delta.add), len(delta.delete), self._problems(), tuple(route_errors))
+
+    @staticmethod
+    def _entry_for(key: EntryKey, updates: Iterable[Update]) -> TableEntry:
+        return next(u.entry for u in updates if u.entry.key == key)
+
+    async def set_port_names(self, names: Mapping[int, str]) -> ApplyResult:
+        """Change which interface a vNIC port id is (the datapath calls this as vNICs come and go)."""
+        delta = self.state.set_port_names(names)
+        route_errors = await self._commit(delta)
+        return ApplyResult(len(delta.add), len(delta.delete), self._problems(), tuple(route_errors))
+
+    async def read(self) -> list[TableEntry]:
+        """The entries applied through this target (the kernel holds their translation, not the entries)."""
+        return list(self.state.entries.values())
+
+    async def actual_items(self) -> Items:
+        """The kernel's current items: xpunet's table elements and counters, and xpunet routes."""
+        doc = await self._nft.list_table()
+        items: Items = parse_table(doc).items if doc is not None else {}
+        items.update(await self._routes.read())
+        return items
+
+    async def reconcile(self, desired: Iterable[TableEntry]) -> ApplyResult:
+        """Make the kernel implement exactly ``desired``, changing only what differs."""
+        await self.start()
+        self.state.replace_all(desired)
+        want = self.state.items()
+        have = await self.actual_items()
+        static = {(COUNTER, (n,)) for n in (*STATIC_COUNTERS, MARKER_COUNTER)}
+        delta = Delta()
+        for k, v in have.items():
+            if k in static:
+                continue
+            if want.get(k, delta) != v:
+                delta.delete[k] = v
+        for k, v in want.items():
+            if have.get(k, delta) != v:
+                delta.add[k] = v
+        route_errors = await self._commit(delta)
+        if delta:
+            log.info(
+                "kernel target %s: reconciled, %d added, %d deleted",
+                self.netns or "(own namespace)",
+                len(delta.add),
+                len(delta.delete),
+            )
+        return ApplyResult(len(delta.add), len(delta.delete), self._problems(), tuple(route_errors))
+
+    async def counters(self) -> dict[EntryKey, tuple[int, int]]:
+        """Packets and bytes per ACL entry (allowed flows), from the entries' named counters."""
+        raw = await self._nft.list_counters()
+        out: dict[EntryKey, tuple[int, int]] = {}
+        for e in self.state.entries.values():
+            if e.alias in ("acl_egress", "acl_ingress"):
+                out[e.key] = raw.get(counter_name(e), (0, 0))
+        return out
+
+    async def drop_counters(self) -> dict[str, tuple[int, int]]:
+        """Packets and bytes per drop reason and ACL default (``drop_<reason>``, ``deny_<direction>``)."""
+        raw = await self._nft.list_counters()
+        return {n: raw.get(n, (0, 0)) for n in STATIC_COUNTERS}
+
+    async def destroy(self) -> None:
+        """Remove the table and xpunet's routes (teardown of a node, never during operation)."""
+        routes = await self._routes.read()
+        await self._routes.apply(routes, {})
+        await self._nft.delete_table()
+        self.state = KernelState(self.state.port_names)
+        self._started = False
