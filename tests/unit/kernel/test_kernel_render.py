@@ -1,0 +1,201 @@
+"""Pure parts of the kernel target: LPM → intervals, ACL boxes, incremental rendering, the nft JSON codec."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import cast
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xpunet.datapath.kernel.codec import parse_table, transaction
+from xpunet.datapath.kernel.render import COUNTER, ROUTE, Delta, KernelState, lpm_segments
+from xpunet.datapath.kernel.ruleset import CONTAINERS, HASH_SPACE, MARKER_COUNTER, bootstrap_script
+from xpunet.ir.lb import Affinity, Backend, BackendSet, Frontend, LbServicePort
+from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRule, PortRange, RuleOrigin
+from xpunet.ir.routes import NodeRoute
+from xpunet.lb.maglev import build_table
+from xpunet.pipeline.diff import Update, diff
+from xpunet.pipeline.entries import TableEntry
+from xpunet.pipeline.lowering import NodeIntents, NodePorts, lower
+
+PORTS = NodePorts({"d/a": 11, "d/b": 12}, host=1, uplinks=(2,))
+NAMES = {11: "xv11", 12: "xv12", 2: "up0"}
+ORIGIN = RuleOrigin("d", "p", "ingress", 0)
+
+
+def backends(*ips: str) -> BackendSet:
+    bs = tuple(Backend(ip, 8080) for ip in sorted(ips))
+    return BackendSet(bs, build_table([b.identity for b in bs], size=13))
+
+
+def intents(n_backends: int = 3, *, rule_port: int = 80, affinity: bool = False) -> NodeIntents:
+    eps = (
+        PolicyEndpoint("d", "a", "u1", "n1", ("10.0.1.2", "fd00:1::2")),
+        PolicyEndpoint(
+            "d",
+            "b",
+            "u2",
+            "n1",
+            ("10.0.1.3",),
+            ingress_isolated=True,
+            ingress=(
+                PolicyRule(ORIGIN, "s1", (PortRange("TCP", rule_port, rule_port),)),
+                PolicyRule(dataclasses.replace(ORIGIN, index=1), "s2", (PortRange("TCP", 0, 65535),)),
+            ),
+        ),
+    )
+    sets = (IPSet("s1", ("10.0.0.0/16", "fd00::/16")), IPSet("s2", ("10.0.1.0/24",)))
+    svc = LbServicePort(
+        7,
+        "d",
+        "web",
+        "ipv4",
+        "TCP",
+        80,
+        frontends=(Frontend("cluster_ip", "10.96.0.7", 80), Frontend("node_port", None, 30007)),
+        internal=backends(*(f"10.0.1.{10 + i}" for i in range(n_backends))),
+        affinity=Affinity(60) if affinity else None,
+    )
+    routes = (
+        NodeRoute("n1", ("10.0.1.0/24",), (), ("192.168.0.1",)),
+        NodeRoute("n2", ("10.0.2.0/24",), (), ("192.168.0.2",)),
+    )
+    return NodeIntents("n1", eps, sets, (svc,), routes=routes)
+
+
+def entries(**kw: object) -> tuple[TableEntry, ...]:
+    low = lower(intents(**kw), PORTS)  # type: ignore[arg-type]  # keyword test knobs
+    assert low.problems == ()
+    return low.entries
+
+
+def fresh(es: tuple[TableEntry, ...]) -> KernelState:
+    s = KernelState(NAMES)
+    s.replace_all(es)
+    return s
+
+
+def test_lpm_segments_follow_longest_prefix() -> None:
+    segs = lpm_segments({(0, 0): 1, (0x80, 1): 2, (0xC0, 2): 3}, 8)
+    assert segs == [(0, 0x7F, 1), (0x80, 0xBF, 2), (0xC0, 0xFF, 3)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.tuples(st.integers(0, 255), st.integers(0, 8)), st.integers(1, 7), max_size=8))
+def test_lpm_segments_equal_brute_force(raw: dict[tuple[int, int], int]) -> None:
+    prefixes = {((v >> (8 - p)) << (8 - p) if p else 0, p): b for (v, p), b in raw.items()}
+    covered = {}
+    for addr in range(256):
+        best = max((p for (n, p) in prefixes if addr >> (8 - p) == n >> (8 - p)), default=None)
+        if best is not None:
+            net = (addr >> (8 - best)) << (8 - best) if best else 0
+            covered[addr] = prefixes[(net, best)]
+    got = {a: v for lo, hi, v in lpm_segments(prefixes, 8) for a in range(lo, hi + 1)}
+    assert got == covered
+
+
+def test_render_from_lowered_intents() -> None:
+    items = fresh(entries()).items()
+    assert items[("port_kind", ("xv11",))] == "goto:from_pod"
+    assert items[("port_kind", ("up0",))] == "goto:svc_check"
+    assert ("ep_src4", ("xv11", 0x0A000102)) in items
+    assert items[(ROUTE, (4, 0x0A000103, 32))] == (None, "xv12")
+    assert items[(ROUTE, (4, 0x0A000200, 24))] == (0xC0A80002, "up0")
+    shares = sorted(cast(tuple[int, int], k[1][2]) for k in items if k[0] == "fe_be4_tcp")
+    assert shares[0][0] == 0
+    assert shares[-1][1] == HASH_SPACE - 1
+    assert len(shares) == 3
+    assert len([k for k in items if k[0] == "np_be4_tcp"]) == 3
+    acl = [k for k in items if k[0].startswith("acl_in_b")]
+    assert len(acl) == 2
+    assert all(k[1][0] == "xv12" for k in acl)
+    assert len([k for k in items if k[0] == COUNTER]) == 5  # b: 2 ingress rules + open egress; a: open both
+
+
+def test_affinity_uses_the_client_hash_map() -> None:
+    items = fresh(entries(affinity=True)).items()
+    assert any(k[0] == "fe_aff4_tcp" for k in items)
+    assert not any(k[0] == "fe_be4_tcp" for k in items)
+
+
+def test_overlapping_rules_are_cut_into_disjoint_boxes() -> None:
+    items = fresh(entries()).items()
+    # s1 (10.0.0.0/16) allows port 80, s2 (10.0.1.0/24) every TCP port: different bits, no cut needed.
+    boxes = sorted(k[1][1:] for k in items if k[0].startswith("acl_in_b"))
+    assert ((6, 6), (0, 65535)) in boxes
+    assert ((6, 6), (80, 80)) in boxes
+
+
+def test_one_backend_change_touches_one_frontend_share_set() -> None:
+    s = fresh(entries())
+    delta = s.update(diff(entries(), entries(n_backends=4)).updates)
+    assert {k[0] for k in (*delta.add, *delta.delete)} == {"fe_be4_tcp", "np_be4_tcp"}
+    assert len(delta.add) == 8
+
+
+def test_no_change_renders_no_delta_and_rollback_restores() -> None:
+    s = fresh(entries())
+    before = s.items()
+    assert not s.update(Update("INSERT", e) for e in entries())
+    new = entries(rule_port=81)
+    olds = {e.key: e for e in entries()}
+    batch = diff(entries(), new)
+    s.update(batch.updates)
+    undo = [
+        Update("INSERT", olds[u.entry.key]) if u.entry.key in olds else Update("DELETE", u.entry)
+        for u in batch.updates
+    ]
+    s.update(undo)
+    assert s.items() == before
+
+
+STEP = st.tuples(st.integers(1, 4), st.sampled_from([80, 81]), st.booleans())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(STEP, min_size=1, max_size=5))
+def test_incremental_equals_full_render(steps: list[tuple[int, int, bool]]) -> None:
+    s = KernelState(NAMES)
+    prev: tuple[TableEntry, ...] = ()
+    for n, port, aff in steps:
+        cur = entries(n_backends=n, rule_port=port, affinity=aff)
+        s.update(diff(prev, cur).updates)
+        prev = cur
+    assert s.items() == fresh(prev).items()
+
+
+def test_codec_round_trips_through_the_listing_shape() -> None:
+    items = fresh(entries()).items()
+    cmds = transaction(Delta(add=items))
+    listing: list[dict[str, object]] = []
+    for c in cmds:
+        if "element" in c.get("add", {}):
+            el = c["add"]["element"]
+            kind = CONTAINERS[el["name"]].kind
+            listing.append({kind: {"name": el["name"], "elem": el["elem"]}})
+        elif "counter" in c.get("add", {}):
+            listing.append({"counter": {"name": c["add"]["counter"]["name"], "packets": 0, "bytes": 0}})
+    view = parse_table({"nftables": listing})
+    assert view.items == {k: v for k, v in items.items() if k[0] != ROUTE}
+
+
+def test_transaction_orders_counter_adds_first_and_deletes_last() -> None:
+    s = fresh(entries())
+    delta = s.update(diff(entries(), ()).updates)
+    cmds = transaction(delta)
+    kinds = [next(iter(c)) + ":" + next(iter(next(iter(c.values())))) for c in cmds]
+    assert kinds[-1] == "delete:counter"
+    assert "add:element" not in kinds
+
+
+def test_bootstrap_script_is_idempotent_in_shape() -> None:
+    first = bootstrap_script(existing_containers={}, existing_counters=frozenset())
+    again = bootstrap_script(
+        existing_containers={c.name: c.kind for c in CONTAINERS.values()},
+        existing_counters=frozenset({MARKER_COUNTER, "ruleset_old"}),
+    )
+    assert "add map inet xpunet fe_be4_tcp" in first
+    assert "add map" not in again
+    assert "delete counter inet xpunet ruleset_old" in again
+    assert "flush table" not in first + again
