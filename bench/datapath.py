@@ -1,10 +1,18 @@
-"""Benchmark: P4Runtime Write throughput into softipu over gRPC, and single-update latency.
+"""Benchmark: P4Runtime Write throughput into softipu over gRPC, single-update latency, and the
+datapath service programming a node from empty and acknowledging one intent change.
 
 softipu runs as its own process (``xpunet-softipu``), the client in this one,
 over loopback TCP, like a datapath and its target on one node.  For each batch
 size the table is emptied (pipeline re-committed), then N prebuilt INSERTs are
 written with ``P4RuntimeClient.write`` (batch = max_batch); entries/s counts
 only the Write calls.  Latency: one MODIFY per Write, sequentially, p50/p99.
+
+Node section: a real nats-server (embedded) holds S services x E endpoints
+(Maglev tables of ``--table`` buckets, lb's size for 10 backends) and the
+policy intents of ``--policies`` rules over 100 IP sets on 50 local pods; a
+DatapathService (in this process) programs the softipu process from empty
+(timed from the service start to the target's last ack), then one service's
+backends change ``--changes`` times: intent KV write → target ack, p50/p99.
 
     .venv/bin/python bench/datapath.py            # full size
     .venv/bin/python bench/datapath.py --quick    # a few seconds
@@ -109,6 +117,140 @@ async def latency(port: int, election_id: int, samples: int) -> dict[str, float]
     }
 
 
+def bench_intents(services: int, endpoints: int, table: int, policies: int) -> dict[str, bytes]:
+    """Intent KV values of one node: services (global) and policy endpoints + IP sets (node n1)."""
+    from xpunet.ir.lb import Backend, BackendSet, Frontend, LbServicePort, service_key
+    from xpunet.ir.policy import (
+        IPSet,
+        PolicyEndpoint,
+        PolicyRule,
+        PortRange,
+        RuleOrigin,
+        endpoint_key,
+        ipset_key,
+    )
+    from xpunet.wire import encode_object
+
+    out: dict[str, bytes] = {}
+    for s in range(services):
+        backends = tuple(
+            Backend(f"10.{64 + s // 4096}.{(s // 16) % 256}.{(s % 16) * 16 + e}", 8080)
+            for e in range(endpoints)
+        )
+        svc = LbServicePort(
+            id=s + 1,
+            namespace="bench",
+            service=f"s{s}",
+            family="ipv4",
+            protocol="TCP",
+            port=80,
+            frontends=(Frontend("cluster_ip", f"10.{96 + s // 65536}.{(s // 256) % 256}.{s % 256}", 80),),
+            internal=BackendSet(backends, tuple(i % endpoints for i in range(table))),
+        )
+        out[service_key("bench", f"s{s}", "TCP", 80, "ipv4")] = encode_object(svc)
+    sets = 100
+    for k in range(sets):
+        members = tuple(f"10.200.{k}.{m}/32" for m in range(20))
+        out[ipset_key("n1", f"set{k}")] = encode_object(IPSet(f"set{k}", members))
+    pods = 50
+    for p in range(pods):
+        rules = tuple(
+            PolicyRule(
+                RuleOrigin("bench", f"pol{r}", "ingress", 0),
+                f"set{r % sets}",
+                (PortRange("TCP", 1000 + r, 1000 + r),),
+            )
+            for r in range(p, policies, pods)
+        )
+        ep = PolicyEndpoint(
+            "bench", f"pod{p}", f"u{p}", "n1", (f"10.1.{p // 200}.{p % 200 + 2}",), True, False, rules
+        )
+        out[endpoint_key("n1", "bench", f"pod{p}")] = encode_object(ep)
+    return out
+
+
+async def node_from_empty(port: int, election_id: int, args: argparse.Namespace) -> dict[str, object]:
+    from xpunet.bus.nats import connect as bus_connect
+    from xpunet.datapath.intents import WRITTEN_AT_HEADER
+    from xpunet.datapath.p4rt_target import P4RuntimeTarget
+    from xpunet.datapath.service import DatapathOptions, DatapathService
+    from xpunet.embedded.nats import NatsServer
+    from xpunet.ir.lb import Backend, BackendSet, Frontend, LbServicePort, service_key
+    from xpunet.wire import encode_object
+
+    values = bench_intents(args.services, args.endpoints, args.table, args.policies)
+    with NatsServer(name="bench-datapath") as nats:
+        bus = await bus_connect([nats.url], name="bench", initial_timeout=10)
+        try:
+            intents = await bus.kv("xpunet-intent")
+            k8s = await bus.kv("xpunet-k8s")
+            status = await bus.kv("xpunet-status")
+            await intents.put_many(values)
+            ports = {f"bench/pod{p}": 100 + p for p in range(50)}
+            settings = ClientSettings(address=f"127.0.0.1:{port}", election_id=election_id, max_batch=1000)
+            target = P4RuntimeTarget(settings)
+            service = DatapathService(
+                node="n1",
+                options=DatapathOptions(coalesce=0.0, status_interval=1.0),
+                target=target,
+                intents=intents,
+                k8s=k8s,
+                status=status,
+                ports=ports,
+            )
+            stopping = asyncio.Event()
+            start = time.perf_counter()
+            task = asyncio.create_task(service.run(stopping))
+            await service.wait_converged()
+            from_empty = time.perf_counter() - start
+            entries = len(service.reconciler.applied)
+            times = []
+            for i in range(args.changes):
+                s = i % args.services
+                backends = tuple(
+                    Backend(f"10.250.{i // 256 % 256}.{i % 256 + e}", 8080) for e in range(args.endpoints)
+                )
+                svc = LbServicePort(
+                    id=s + 1,
+                    namespace="bench",
+                    service=f"s{s}",
+                    family="ipv4",
+                    protocol="TCP",
+                    port=80,
+                    frontends=(
+                        Frontend("cluster_ip", f"10.{96 + s // 65536}.{(s // 256) % 256}.{s % 256}", 80),
+                    ),
+                    internal=BackendSet(backends, tuple(i % args.endpoints for i in range(args.table))),
+                )
+                t0 = time.perf_counter()
+                rev = await intents.put(
+                    service_key("bench", f"s{s}", "TCP", 80, "ipv4"),
+                    encode_object(svc),
+                    headers={WRITTEN_AT_HEADER: repr(time.time())},
+                )
+                await service.wait_converged(rev)
+                times.append((time.perf_counter() - t0) * 1000)
+            stopping.set()
+            await task
+        finally:
+            await bus.drain()
+    times.sort()
+    return {
+        "services": args.services,
+        "endpoints_per_service": args.endpoints,
+        "maglev_table": args.table,
+        "policy_rules": args.policies,
+        "entries": entries,
+        "from_empty_s": round(from_empty, 2),
+        "from_empty_entries_per_s": round(entries / from_empty),
+        "one_change_ack": {
+            "p50_ms": round(statistics.median(times), 2),
+            "p99_ms": round(times[max(0, int(len(times) * 0.99) - 1)], 2),
+            "samples": len(times),
+        },
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
@@ -134,6 +276,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 )
                 results[f"entries_batch_{batch}"] = count
             results["single_update_ack"] = await latency(port, election_id + 1, args.samples)
+            if args.services:
+                results["node"] = await node_from_empty(port, election_id + 2, args)
             return results
         finally:
             server.terminate()
@@ -147,9 +291,15 @@ def main() -> None:
     parser.add_argument("--n100", type=int, default=100_000, help="entries written with batch size 100")
     parser.add_argument("--n1000", type=int, default=500_000, help="entries written with batch size 1000")
     parser.add_argument("--samples", type=int, default=2_000, help="single-update latency samples")
+    parser.add_argument("--services", type=int, default=1_000, help="node section: services (0 skips it)")
+    parser.add_argument("--endpoints", type=int, default=10, help="node section: endpoints per service")
+    parser.add_argument("--table", type=int, default=1009, help="node section: Maglev buckets per service")
+    parser.add_argument("--policies", type=int, default=2_000, help="node section: policy rules")
+    parser.add_argument("--changes", type=int, default=200, help="node section: timed single changes")
     args = parser.parse_args()
     if args.quick:
         args.n1, args.n100, args.n1000, args.samples = 500, 5_000, 20_000, 200
+        args.services, args.table, args.policies, args.changes = 100, 251, 200, 50
     print(json.dumps(asyncio.run(run(args)), indent=2))
 
 
