@@ -288,7 +288,11 @@ class KernelState:
         if e.action.endswith("from_uplink"):
             return {("port_kind", (name,)): "goto:svc_check"}
         if e.action.endswith("from_endpoint"):
-            return {("port_kind", (name,)): "goto:from_pod", ("pod_ifs", (name,)): None}
+            return {
+                ("port_kind", (name,)): "goto:from_pod",
+                ("pod_ifs", (name,)): None,
+                ("hairpin", (name, name)): None,
+            }
         return {}  # from_host: host traffic enters through the output hook, not an interface
 
     def _render_endpoint(self, ep: int, problems: list[str]) -> Items:

@@ -105,6 +105,7 @@ def _containers() -> dict[str, Container]:
         Container("port_kind", ("ifname",), "verdict"),
         Container("pod_ifs", ("ifname",)),
         Container("pod_oifs", ("ifname",)),
+        Container("hairpin", ("ifname", "ifname")),
         Container("ep_src4", ("ifname", "ipv4")),
         Container("ep_src6", ("ifname", "ipv6")),
         Container("node_addr4", ("ipv4",)),
@@ -254,7 +255,12 @@ def _chains() -> tuple[Chain, ...]:
             "postrouting",
             "nat",
             100,
-            (f"ct status dnat ct mark and {SNAT_CT_MARK:#x} == {SNAT_CT_MARK:#x} masquerade",),
+            (
+                f"ct status dnat ct mark and {SNAT_CT_MARK:#x} == {SNAT_CT_MARK:#x} masquerade",
+                # Hairpin: a pod reaching itself through a service.  Without SNAT its reply would not
+                # leave the pod, so the client would never see the frontend answer.
+                "ct status dnat iifname . oifname @hairpin masquerade",
+            ),
         ),
         Chain(
             "forward",

@@ -49,8 +49,8 @@ threading.Event().wait()
 
 CLIENT = r"""
 import json, socket, sys
-out = []
-for spec in json.loads(sys.argv[1]):
+from concurrent.futures import ThreadPoolExecutor
+def attempt(spec):
     host, port, kind, timeout, sport = spec
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
@@ -60,17 +60,22 @@ for spec in json.loads(sys.argv[1]):
         s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", sport))
     try:
         if kind == "tcp":
-            s.connect((host, port)); out.append("OK " + s.recv(100).decode())
-        else:
-            s.sendto(b"x", (host, port)); out.append("OK " + s.recvfrom(100)[0].decode())
+            s.connect((host, port)); return "OK " + s.recv(100).decode()
+        s.sendto(b"x", (host, port)); return "OK " + s.recvfrom(100)[0].decode()
     except ConnectionRefusedError:
-        out.append("REFUSED")
+        return "REFUSED"
     except (TimeoutError, socket.timeout):
-        out.append("TIMEOUT")
+        return "TIMEOUT"
     except OSError as exc:
-        out.append("ERROR " + str(exc))
+        return "ERROR " + str(exc)
     finally:
         s.close()
+specs = json.loads(sys.argv[1])
+if sys.argv[2] == "parallel":
+    with ThreadPoolExecutor(64) as pool:
+        out = list(pool.map(attempt, specs))
+else:
+    out = [attempt(spec) for spec in specs]
 print(json.dumps(out))
 """
 
@@ -154,10 +159,12 @@ class Topology:
         kind: str = "tcp",
         timeout: float = 1.5,
         sport: int = 0,
+        parallel: bool = False,
     ) -> list[str]:
         """One attempt per (address, port) from ``pod``: "OK <server> <peer>", "REFUSED" or "TIMEOUT"."""
         spec = [[h, port, kind, timeout, sport] for h, port in targets]
-        out = in_ns(self.pods[pod].ns, sys.executable, "-c", CLIENT, json.dumps(spec)).stdout
+        mode = "parallel" if parallel else "serial"
+        out = in_ns(self.pods[pod].ns, sys.executable, "-c", CLIENT, json.dumps(spec), mode).stdout
         result: list[str] = json.loads(out)
         return result
 
