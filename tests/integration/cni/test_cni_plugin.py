@@ -184,7 +184,7 @@ async def test_chained_portmap_after_xpunet_cni(
     # Debian's plugins speak up to CNI 1.0.0: the conflist's version is what every plugin gets.
     version, name = "1.0.0", "xpunet"
     plugins: list[dict[str, Any]] = [
-        {"type": "xpunet-cni", "socket": settings.socket_path},
+        {"type": "xpunet-cni", "socket": settings.socket_path, "agentSocket": ""},
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
     ]
     mappings = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]

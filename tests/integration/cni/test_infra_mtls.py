@@ -126,6 +126,7 @@ def tcp_conf(port: int, tls: dict[str, str]) -> dict[str, Any]:
         "name": "xpunet",
         "type": "xpunet-cni",
         "timeoutSeconds": 5,
+        "agentSocket": "",
         "datapath": {"address": f"127.0.0.1:{port}", "tls": tls},
     }
 

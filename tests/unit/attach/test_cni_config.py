@@ -11,7 +11,7 @@ from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 from xpunet.datapath.cni import errors
 from xpunet.datapath.cni.config import SUPPORTED_VERSIONS, parse_args, parse_invocation
 from xpunet.datapath.cni.errors import CniError
-from xpunet.datapath.cni.main import build_result, run
+from xpunet.datapath.cni.verbs import build_result, run
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/netns/p", "CNI_IFNAME": "eth0"}
 

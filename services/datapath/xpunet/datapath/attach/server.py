@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -32,6 +32,9 @@ from xpunet.datapath.attach.settings import AttachSettings
 from xpunet.datapath.attach.state import JsonStateFile
 from xpunet.datapath.attach.vnic import BackendError, PoolEmptyError, VnicBackend
 from xpunet.ipam import AttachmentKey, IpamExhaustedError, node_ranges
+
+if TYPE_CHECKING:
+    from xpunet.datapath.cni.agent import CniAgent
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +245,7 @@ class AttachServer:
         )
         self._server: grpc.aio.Server | None = None
         self.tcp_port = 0
+        self.cni_agent: CniAgent | None = None
 
     async def start(self) -> None:
         await self.attacher.start()
@@ -252,6 +256,11 @@ class AttachServer:
         if self.settings.socket_path:
             os.chmod(self.settings.socket_path, 0o600)  # root-only, like the CNI binary that calls it
         self._server = server
+        if self.settings.cni_agent_socket:
+            from xpunet.datapath.cni.agent import CniAgent
+
+            self.cni_agent = CniAgent(self.settings.cni_agent_socket, netns=self.settings.host_netns)
+            await self.cni_agent.start()
         log.info(
             "infra API serving on %s",
             ", ".join(
@@ -281,6 +290,9 @@ class AttachServer:
             self.tcp_port = server.add_secure_port(self.settings.tcp_address, creds)
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        if self.cni_agent is not None:
+            await self.cni_agent.stop()
+            self.cni_agent = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

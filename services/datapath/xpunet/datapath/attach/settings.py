@@ -37,6 +37,7 @@ class AttachSettings:
     sysfs_root: str = "/sys"
     sriov_pf: str = ""  # SR-IOV: the physical function's netdev
     p4_port_base: int = 0  # P4 port id of VF/sub-function 0
+    cni_agent_socket: str = ""  # serve the resident CNI agent here ("" = no agent; see docs/cni.md)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

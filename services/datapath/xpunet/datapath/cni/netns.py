@@ -59,7 +59,7 @@ class Observed:
 def _socket_in(path: str) -> socket.socket:
     if not os.path.exists(path):
         raise MissingNetnsError(f"network namespace {path} does not exist")
-    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
+    saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # per thread: the agent runs verbs in threads
     try:
         try:
             netns.setns(path, flags=0)
@@ -163,7 +163,7 @@ async def unplumb(plan: Plan, netns_path: str, *, move_back: bool) -> None:
             return
         await pod.link("set", index=index, state="down")
         await pod.link("set", index=index, ifname=plan.device)
-        fd = os.open("/proc/self/ns/net", os.O_RDONLY)  # the plugin runs in the host namespace
+        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # this thread is in the host namespace
         try:
             await pod.link("set", index=index, net_ns_fd=fd)
         finally:

@@ -42,12 +42,14 @@ def drop_ns(name: str) -> None:
         netns.remove(name)
 
 
-def netconf(socket_path: str, **extra: Any) -> dict[str, Any]:
+def netconf(socket_path: str, *, agent_socket: str = "", **extra: Any) -> dict[str, Any]:
+    """An xpunet-cni network config; no agent unless one is named (never the node's default one)."""
     conf: dict[str, Any] = {
         "cniVersion": "1.1.0",
         "name": "xpunet",
         "type": "xpunet-cni",
         "socket": socket_path,
+        "agentSocket": agent_socket,
         "dns": {"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]},
     }
     conf.update(extra)

@@ -1,0 +1,119 @@
+"""The resident CNI agent ("thick plugin" mode): runs xpunet-cni's verbs with grpc and pyroute2 loaded.
+
+The exec'ed `xpunet-cni` sends one JSON line `{"env": {CNI_*...}, "stdin": "<config>"}`
+on a unix socket and reads back `{"code": N, "stdout": "..."}`.  Each request
+runs `verbs.run` in a worker thread; the workers enter the host network
+namespace once at start (`netns`, for a datapath whose pods' host is not its
+own namespace, as in tests), so the verbs see the same host side as the
+exec'ed plugin would.  The verbs still call the infra API over gRPC and do
+the pod side with pyroute2: the agent only saves the start-up of a process.
+
+The agent must run where the plugin would: on the node, with the pods'
+namespace paths (/run/netns, /proc) visible.  `AttachServer` starts one when
+`AttachSettings.cni_agent_socket` is set; `xpunet-cni agent` runs one alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from xpunet.datapath.cni.main import DEFAULT_AGENT_SOCKET, MAX_REPLY
+
+log = logging.getLogger(__name__)
+
+
+def _enter_netns(name: str) -> None:
+    if name:
+        from pyroute2 import netns
+
+        netns.setns(name, flags=0)
+
+
+def _prepare_socket_path(path: Path) -> None:
+    """Make the directory; remove a stale socket from a previous run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+
+
+class CniAgent:
+    def __init__(self, socket_path: str = DEFAULT_AGENT_SOCKET, *, netns: str = "", workers: int = 8) -> None:
+        self.socket_path = socket_path
+        self.netns = netns
+        self.served = 0
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="cni-agent", initializer=_enter_netns, initargs=(netns,)
+        )
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        # Warm the verbs' imports now, not on the first pod.
+        from xpunet.datapath.cni import client, netns, verbs  # noqa: F401
+
+        path = Path(self.socket_path)
+        _prepare_socket_path(path)
+        self._server = await asyncio.start_unix_server(self._handle, path=str(path), limit=MAX_REPLY)
+        os.chmod(path, 0o600)
+        log.info("cni agent listening on %s", path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            _prepare_socket_path(Path(self.socket_path))
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from xpunet.datapath.cni.verbs import run
+
+        try:
+            line = await reader.readline()
+            request = json.loads(line)
+            env = {str(k): str(v) for k, v in request["env"].items()}
+            stdin = str(request["stdin"]).encode()
+        except (ValueError, KeyError, TypeError, AttributeError, asyncio.LimitOverrunError) as exc:
+            log.warning("cni agent: bad request: %s", exc)
+            writer.close()
+            return
+        code, output = await asyncio.get_running_loop().run_in_executor(self._pool, run, env, stdin)
+        self.served += 1
+        try:
+            writer.write(json.dumps({"code": code, "stdout": output}).encode() + b"\n")
+            await writer.drain()
+        except OSError as exc:
+            # The plugin went away (killed by its runtime); the verb is done and idempotent.
+            log.warning("cni agent: reply to %s failed: %s", env.get("CNI_CONTAINERID", "?"), exc)
+        finally:
+            writer.close()
+
+
+def agent_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="xpunet-cni agent", description="run the resident CNI agent")
+    parser.add_argument("--socket", default=DEFAULT_AGENT_SOCKET)
+    parser.add_argument("--netns", default="", help="network namespace the pods' host side is in")
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def serve() -> None:
+        agent = CniAgent(args.socket, netns=args.netns, workers=args.workers)
+        await agent.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await agent.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())

@@ -1,0 +1,68 @@
+"""Thick-plugin mode: the exec'ed xpunet-cni forwards to the resident agent (started by the AttachServer),
+which runs the same verbs; without a reachable agent the binary runs them itself."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from xpunet.datapath.attach.server import AttachServer
+from xpunet.datapath.attach.settings import AttachSettings
+from xpunet.datapath.cni import errors, runtime
+from xpunet.datapath.cni.runtime import link_names, run_command, run_plugin
+
+pytestmark = pytest.mark.root
+
+ServerFactory = Callable[..., Awaitable[AttachServer]]
+PodNs = Callable[[], str]
+
+
+async def test_agent_runs_add_check_del(
+    start_server: ServerFactory, settings: AttachSettings, host_ns: str, pod_ns: PodNs, tmp_path: Path
+) -> None:
+    agent_socket = str(tmp_path / "agent.sock")
+    server = await start_server(cni_agent_socket=agent_socket)
+    assert server.cni_agent is not None
+    conf = runtime.netconf(settings.socket_path, agent_socket=agent_socket)
+    pod = pod_ns()
+    add = await run_plugin(host_ns, "ADD", conf, container_id="ag1", netns_name=pod)
+    assert add.rc == 0, add
+    assert add.out is not None
+    assert [ip["address"] for ip in add.out["ips"]] == ["10.244.7.2/32", "fd00:10:244:7::2/128"]
+    assert server.cni_agent.served == 1
+    await run_command("ip", "netns", "exec", host_ns, "ping", "-c1", "-W2", "10.244.7.2")
+
+    check = await run_plugin(host_ns, "CHECK", conf, container_id="ag1", netns_name=pod)
+    assert (check.rc, check.out) == (0, None), check
+    missing = await run_plugin(host_ns, "ADD", conf, container_id="ag2", netns_path="/run/netns/xpt-gone")
+    assert missing.out is not None
+    assert missing.out["code"] == errors.UNKNOWN_CONTAINER
+    delete = await run_plugin(host_ns, "DEL", conf, container_id="ag1", netns_name=pod)
+    assert (delete.rc, delete.out) == (0, None), delete
+    assert server.cni_agent.served == 4
+    assert await link_names(pod) == ["lo"]
+    assert server.attacher.list() == ()
+
+
+async def test_without_agent_the_binary_runs_the_verb(
+    server: AttachServer, settings: AttachSettings, host_ns: str, pod_ns: PodNs, tmp_path: Path
+) -> None:
+    conf = runtime.netconf(settings.socket_path, agent_socket=str(tmp_path / "no-agent.sock"))
+    pod = pod_ns()
+    add = await run_plugin(host_ns, "ADD", conf, container_id="solo", netns_name=pod)
+    assert add.rc == 0, add
+    delete = await run_plugin(host_ns, "DEL", conf, container_id="solo", netns_name=pod)
+    assert delete.rc == 0, delete
+
+
+async def test_a_dead_agent_socket_falls_back(
+    server: AttachServer, settings: AttachSettings, host_ns: str, pod_ns: PodNs, tmp_path: Path
+) -> None:
+    stale = tmp_path / "stale.sock"
+    stale.touch()  # exists, nobody listens
+    conf = runtime.netconf(settings.socket_path, agent_socket=str(stale))
+    add = await run_plugin(host_ns, "ADD", conf, container_id="fb", netns_name=pod_ns())
+    assert add.rc == 0, add
+    assert "running the verb here" in add.stderr
