@@ -40,6 +40,9 @@ class StackOptions:
     # None: a fresh empty temporary directory (an empty cluster), removed on stop.
     manifests: Path | None = None
     environ: Mapping[str, str] | None = None  # None: os.environ
+    # Per-datapath --set values (node name → assignments), after the shared ones: each node's
+    # target, namespace and attach socket in the local cluster (xpunet.cluster).
+    node_assignments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -118,6 +121,7 @@ class Stack:
                     env_layer(environ, entry.settings_cls),
                     _named(cli_layer(stack_values), "xpunetctl stack"),
                     cli_layer(list(self.options.assignments)),
+                    cli_layer(list(self.options.node_assignments.get(node, ()))),
                 ]
                 settings: Settings = build_settings(entry.settings_cls, layers)
                 instance = f"{name}.{node}" if node else name

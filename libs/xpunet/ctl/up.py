@@ -1,4 +1,11 @@
-"""``xpunetctl up``: every service in this process on an embedded nats-server, until Ctrl-C/SIGTERM."""
+"""``xpunetctl up``: every service in this process on an embedded nats-server, until Ctrl-C/SIGTERM.
+
+With ``--pods-per-node M`` (or ``--target``/``--overlay``/``--attach``) it runs
+a local cluster around the stack (``xpunet.cluster``): node and pod network
+namespaces, pods attached and answering, the watcher reading the cluster's
+manifest directory.  Ctrl-C tears it all down; after a crash ``xpunetctl down``
+does.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,11 @@ import asyncio
 import logging
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from xpunet.ctl._args import add_stack_arguments, stack_options
+from xpunet.ctl._cluster_args import add_cluster_arguments, cluster_options, wants_cluster
 from xpunet.ctl._run import run_until_signal
 from xpunet.ctl.stack import Stack, StackOptions, summary_lines
 from xpunet.runtime.host import ServiceFailedError
@@ -26,11 +35,17 @@ def add_parser(subparsers: Any) -> None:
         "process, print where NATS and the health endpoints are, and stay up until Ctrl-C/SIGTERM.",
     )
     add_stack_arguments(parser)
+    add_cluster_arguments(parser)
     parser.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
     options = stack_options(args)
+    if wants_cluster(args):
+        from xpunet.ctl.cluster_up import cluster_up
+
+        copts = cluster_options(args, manifests=options.manifests)
+        return run_until_signal(lambda stop: cluster_up(copts, replace(options, manifests=None), stop))
     return run_until_signal(lambda stop: up(options, stop))
 
 

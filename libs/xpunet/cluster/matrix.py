@@ -1,0 +1,163 @@
+"""The reachability matrix: what was measured next to what the policies say.  Pure.
+
+Rows are client pods; columns are destinations: every pod (on its first TCP
+container port) and every Service frontend (ClusterIP and NodePort, first TCP
+port).  The "expected" side comes from the policy service's reference
+evaluator (``xpunet.policy.reference.is_allowed``), which reads the Kubernetes
+objects directly; for a Service it is evaluated against each backend the
+Service selects (all allowed, none, or mixed), since the load balancer picks
+one.  A Service without backends is expected to refuse.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from xpunet.model.objects import Namespace, NetworkPolicy, Pod, Protocol, Service
+from xpunet.policy.reference import Cluster, is_allowed
+
+Expect = Literal["allow", "deny", "mixed", "refuse"]
+Seen = Literal["open", "refused", "timeout", "unreachable", "n/a"]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    label: str  # column header: "shop/web-1", "svc shop/web", "np shop/web"
+    kind: Literal["pod", "cluster_ip", "node_port"]
+    ip: str
+    port: int
+    protocol: Protocol
+    backends: tuple[tuple[str, int], ...]  # (pod IP, target port) the policy is checked against
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    src: str
+    dst: str
+    expected: Expect
+    seen: Seen
+    peer: str = ""  # who answered (the backend of a Service)
+
+    @property
+    def agrees(self) -> bool:
+        if self.seen == "n/a":
+            return True
+        if self.expected == "allow":
+            return self.seen == "open"
+        if self.expected == "deny":
+            return self.seen in ("timeout", "unreachable", "refused")
+        if self.expected == "refuse":
+            return self.seen in ("refused", "unreachable")
+        return True  # mixed: either is right
+
+
+def _first_tcp(pod: Pod) -> int | None:
+    return next((p.port for p in pod.ports if p.protocol == "TCP"), None)
+
+
+def _selects(svc: Service, pod: Pod) -> bool:
+    if not svc.selector or pod.namespace != svc.namespace:
+        return False
+    return all(pod.labels.get(k) == v for k, v in svc.selector.items())
+
+
+def _target(svc_port_target: int | str | None, default: int, pod: Pod, protocol: Protocol) -> int | None:
+    if svc_port_target is None:
+        return default
+    if isinstance(svc_port_target, int):
+        return svc_port_target
+    return next((p.port for p in pod.ports if p.name == svc_port_target and p.protocol == protocol), None)
+
+
+def _v(ip: str) -> int:
+    return ipaddress.ip_address(ip).version
+
+
+def destinations(
+    pods: Sequence[Pod], services: Sequence[Service], node_address: str, *, family: int = 4
+) -> list[Destination]:
+    """Matrix columns: pods with a TCP port, then each Service's ClusterIP and NodePort frontends."""
+    out: list[Destination] = []
+    for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
+        port = _first_tcp(pod)
+        ips = [ip for ip in pod.ips if _v(ip) == family]
+        if port is not None and ips:
+            out.append(
+                Destination(f"{pod.namespace}/{pod.name}", "pod", ips[0], port, "TCP", ((ips[0], port),))
+            )
+    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
+        sp = next((p for p in svc.ports if p.protocol == "TCP"), None)
+        if sp is None:
+            continue
+        backends: list[tuple[str, int]] = []
+        for pod in pods:
+            if not _selects(svc, pod):
+                continue
+            target = _target(sp.target_port, sp.port, pod, "TCP")
+            backends += [(ip, target) for ip in pod.ips if _v(ip) == family and target is not None]
+        cluster_ips = [ip for ip in svc.cluster_ips if _v(ip) == family]
+        name = f"{svc.namespace}/{svc.name}"
+        if cluster_ips:
+            out.append(
+                Destination(f"svc {name}", "cluster_ip", cluster_ips[0], sp.port, "TCP", tuple(backends))
+            )
+        if sp.node_port and _v(node_address) == family:
+            out.append(
+                Destination(f"np {name}", "node_port", node_address, sp.node_port, "TCP", tuple(backends))
+            )
+    return out
+
+
+def expected(
+    pods: Iterable[Pod],
+    namespaces: Iterable[Namespace],
+    policies: Iterable[NetworkPolicy],
+    src: Pod,
+    dst: Destination,
+    *,
+    family: int = 4,
+) -> Expect:
+    cluster = Cluster(tuple(pods), tuple(namespaces), tuple(policies))
+    src_ip = next(ip for ip in src.ips if _v(ip) == family)
+    if not dst.backends:
+        return "refuse"
+    verdicts = {
+        is_allowed(cluster, src_ip=src_ip, dst_ip=ip, port=port, protocol=dst.protocol)
+        for ip, port in dst.backends
+    }
+    if verdicts == {True}:
+        return "allow"
+    if verdicts == {False}:
+        return "deny"
+    return "mixed"
+
+
+_SEEN = {"open": "ok", "refused": "RST", "timeout": "--", "unreachable": "unr", "n/a": "n/a"}
+_EXPECT = {"allow": "ok", "deny": "--", "refuse": "RST", "mixed": "mix"}
+
+
+def format_matrix(
+    rows: Sequence[str], columns: Sequence[str], cells: Mapping[tuple[str, str], Cell]
+) -> list[str]:
+    """One line per client: ``seen/expected`` per destination, ``!`` where they disagree."""
+    width = max([len(c) for c in columns] + [9])
+    first = max([len(r) for r in rows] + [6])
+    lines = [" " * first + "  " + "  ".join(c.rjust(width) for c in columns)]
+    for row in rows:
+        parts: list[str] = []
+        for col in columns:
+            cell = cells.get((row, col))
+            if cell is None:
+                parts.append(" " * width)
+                continue
+            text = f"{_SEEN[cell.seen]}/{_EXPECT[cell.expected]}" + ("" if cell.agrees else " !")
+            parts.append(text.rjust(width))
+        lines.append(row.ljust(first) + "  " + "  ".join(parts))
+    return lines
+
+
+def disagreements(cells: Iterable[Cell]) -> list[Cell]:
+    return [c for c in cells if not c.agrees]
