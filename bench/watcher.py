@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import platform
@@ -50,6 +51,12 @@ FULL = {"nodes": 5000, "pods": 150_000, "services": 10_000, "endpoints": 100_000
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (the steadier figure on a shared machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -84,6 +91,9 @@ async def child(args: argparse.Namespace) -> None:
         metrics=recorder,
         write_batch=args.write_batch,
     )
+    profile = cProfile.Profile() if args.profile else None
+    if profile is not None:
+        profile.enable()
     task = asyncio.create_task(watcher.run())
     # The parent asks for the watcher's own lag figures (of the churn phase) on stdin.
     loop = asyncio.get_running_loop()
@@ -92,6 +102,9 @@ async def child(args: argparse.Namespace) -> None:
     while line := await reader.readline():
         if line.strip() == b"reset":
             recorder.lags.clear()
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(args.profile)
         elif line.strip() == b"report":
             lags = recorder.lags
             report = {"p50_ms": _percentile(lags, 0.5) * 1000, "p99_ms": _percentile(lags, 0.99) * 1000}
@@ -116,6 +129,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
         cmd = [sys.executable, __file__, "--child", "--nats", nats_server.url, "--bucket", bucket]
         cmd += ["--kubeconfig", str(kubeconfig), "--page-size", str(args.page_size)]
         cmd += ["--write-batch", str(args.write_batch), "--loop", args.loop]
+        cmd += ["--profile", args.profile] if args.profile else []
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
@@ -131,6 +145,8 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
                 await asyncio.sleep(0.05)
             in_sync_s = time.monotonic() - start
             rss_sync = _peak_rss_mib(proc.pid)
+            cpu_sync = _cpu_seconds(proc.pid)
+            nats_cpu_sync = _cpu_seconds(nats_server.pid) if nats_server.pid else float("nan")
             keys = len(await store.keys(""))
 
             # Phase 2: churn pods of one namespace (watched here) at a steady rate.
@@ -192,6 +208,8 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
         "build_cluster_s": round(build_s, 2),
         "in_sync_s": round(in_sync_s, 2),
         "objects_per_s": round(keys / in_sync_s),
+        "watcher_cpu_s_at_sync": round(cpu_sync, 2),
+        "nats_server_cpu_s_at_sync": round(nats_cpu_sync, 2),
         "peak_rss_mib_at_sync": round(rss_sync, 1),
         "peak_rss_mib": round(rss_peak, 1),
         "churn": {
@@ -221,6 +239,7 @@ def main() -> None:
     p.add_argument("--page-size", type=int, default=500)
     p.add_argument("--write-batch", type=int, default=5000)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the watcher's event loop")
+    p.add_argument("--profile", help="write a cProfile of the watcher up to in-sync to this file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--nats", help=argparse.SUPPRESS)
     p.add_argument("--bucket", help=argparse.SUPPRESS)

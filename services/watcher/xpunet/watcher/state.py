@@ -179,17 +179,19 @@ class MirrorState:
 
     def upsert(self, kind: Kind, raw: Mapping[str, Any], *, now: float) -> str | None:
         """An object was added or modified.  Returns its key (None if it has none)."""
-        key = raw_key(kind, raw)
-        ref = object_ref(kind, raw)
-        if key is None:
-            self._reject(kind, ref, "metadata.name (or namespace) is missing or not a valid name")
-            return None
-        self._present[kind].add(key)
         try:
             obj = PARSERS[kind](raw)
         except ModelError as exc:
-            self._reject(kind, ref, str(exc))
+            key = raw_key(kind, raw)
+            if key is not None:
+                self._present[kind].add(key)  # it exists: a relist must not delete its last good value
+            self._reject(kind, object_ref(kind, raw), str(exc))
             return key
+        # The parser checked the names with the API's rules, which are stricter than a KV key's.
+        namespace: str | None = getattr(obj, "namespace", None)
+        key = object_key(kind, namespace, obj.name)
+        self._present[kind].add(key)
+        ref = f"{namespace}/{obj.name}" if namespace is not None else obj.name
         self._set(Change(key, self._encode(obj), kind, ref, resource_version(raw), now))
         return key
 
