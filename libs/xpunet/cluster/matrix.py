@@ -25,9 +25,10 @@ Seen = Literal["open", "refused", "timeout", "unreachable", "n/a"]
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    label: str  # column header: "shop/web-1", "svc shop/web", "np shop/web"
+    label: str  # column header: "web-1", "svc:web", "np:web-np"
     kind: Literal["pod", "cluster_ip", "node_port"]
-    ip: str
+    ref: str  # "shop/web-1", "shop/web"
+    ip: str  # "" for a NodePort: the client's own node address
     port: int
     protocol: Protocol
     backends: tuple[tuple[str, int], ...]  # (pod IP, target port) the policy is checked against
@@ -76,18 +77,20 @@ def _v(ip: str) -> int:
     return ipaddress.ip_address(ip).version
 
 
-def destinations(
-    pods: Sequence[Pod], services: Sequence[Service], node_address: str, *, family: int = 4
-) -> list[Destination]:
-    """Matrix columns: pods with a TCP port, then each Service's ClusterIP and NodePort frontends."""
+def destinations(pods: Sequence[Pod], services: Sequence[Service], *, family: int = 4) -> list[Destination]:
+    """Matrix columns: pods with a TCP port, then each Service's ClusterIP and NodePort frontends.
+
+    A NodePort is reached on the client's own node address (``ip`` is left empty).
+    """
     out: list[Destination] = []
+    names = [p.name for p in pods]
     for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
         port = _first_tcp(pod)
         ips = [ip for ip in pod.ips if _v(ip) == family]
+        ref = f"{pod.namespace}/{pod.name}"
+        label = pod.name if names.count(pod.name) == 1 else ref
         if port is not None and ips:
-            out.append(
-                Destination(f"{pod.namespace}/{pod.name}", "pod", ips[0], port, "TCP", ((ips[0], port),))
-            )
+            out.append(Destination(label, "pod", ref, ips[0], port, "TCP", ((ips[0], port),)))
     for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
         sp = next((p for p in svc.ports if p.protocol == "TCP"), None)
         if sp is None:
@@ -102,11 +105,13 @@ def destinations(
         name = f"{svc.namespace}/{svc.name}"
         if cluster_ips:
             out.append(
-                Destination(f"svc {name}", "cluster_ip", cluster_ips[0], sp.port, "TCP", tuple(backends))
+                Destination(
+                    f"svc:{svc.name}", "cluster_ip", name, cluster_ips[0], sp.port, "TCP", tuple(backends)
+                )
             )
-        if sp.node_port and _v(node_address) == family:
+        if sp.node_port:
             out.append(
-                Destination(f"np {name}", "node_port", node_address, sp.node_port, "TCP", tuple(backends))
+                Destination(f"np:{svc.name}", "node_port", name, "", sp.node_port, "TCP", tuple(backends))
             )
     return out
 
@@ -143,7 +148,7 @@ def format_matrix(
     rows: Sequence[str], columns: Sequence[str], cells: Mapping[tuple[str, str], Cell]
 ) -> list[str]:
     """One line per client: ``seen/expected`` per destination, ``!`` where they disagree."""
-    width = max([len(c) for c in columns] + [9])
+    width = max([len(c) for c in columns] + [7])
     first = max([len(r) for r in rows] + [6])
     lines = [" " * first + "  " + "  ".join(c.rjust(width) for c in columns)]
     for row in rows:

@@ -17,6 +17,7 @@ from xpunet.cluster import probe
 from xpunet.cluster.cluster import LocalCluster
 from xpunet.cluster.matrix import Cell, Destination, Seen, destinations, expected
 from xpunet.ctl.trace import TraceError, read_state, run_trace
+from xpunet.model.objects import Pod
 from xpunet.pipeline.interpreter import Drop, Reject
 
 Source = Literal["tcp", "trace"]
@@ -34,10 +35,9 @@ class Matrix:
         return [c for c in self.cells.values() if not c.agrees]
 
 
-def _columns(cluster: LocalCluster, family: int) -> list[Destination]:
-    node = cluster.plan.nodes[0]
-    address = node.address4 if family == 4 else node.address6
-    return destinations(cluster.running_pods(), cluster.services(), address, family=family)
+def _node_address(cluster: LocalCluster, src: Pod, family: int) -> str:
+    node = cluster.plan.node(src.node or cluster.plan.nodes[0].name)
+    return node.address4 if family == 4 else node.address6
 
 
 async def measure(
@@ -50,19 +50,22 @@ async def measure(
 ) -> Matrix:
     pods = cluster.running_pods()
     namespaces, policies = cluster.namespaces(), cluster.policies()
-    columns = _columns(cluster, family)
+    columns = destinations(pods, cluster.services(), family=family)
     rows = sorted(pods, key=lambda p: (p.namespace, p.name))
     cells: dict[tuple[str, str], Cell] = {}
 
     if source == "tcp":
 
-        async def one(src_ref: str, dst: Destination) -> tuple[Seen, str]:
-            result = await probe.tcp(cluster.pod(src_ref).netns, dst.ip, dst.port, timeout=timeout)
+        async def one(src: Pod, dst: Destination) -> tuple[Seen, str]:
+            ip = dst.ip or _node_address(cluster, src, family)
+            result = await probe.tcp(
+                cluster.pod(f"{src.namespace}/{src.name}").netns, ip, dst.port, timeout=timeout
+            )
             return result.outcome, result.peer
 
-        pairs = [(f"{p.namespace}/{p.name}", d) for p in rows for d in columns]
+        pairs = [(p, d) for p in rows for d in columns]
         seen = await asyncio.gather(*(one(s, d) for s, d in pairs))
-        measured = dict(zip([(s, d.label) for s, d in pairs], seen, strict=True))
+        measured = dict(zip([(f"{s.namespace}/{s.name}", d.label) for s, d in pairs], seen, strict=True))
     else:
         objects, intents, _problems = await read_state(list(urls), connect_within=5.0)
         measured = {}
@@ -70,11 +73,12 @@ async def measure(
             ref = f"{src.namespace}/{src.name}"
             for dst in columns:
                 if dst.kind == "pod":
-                    spec = f"{dst.label}:{dst.port}/tcp"
+                    spec = f"{dst.ref}:{dst.port}/tcp"
                 elif dst.kind == "cluster_ip":
-                    spec = f"svc/{dst.label.split(' ', 1)[1]}:{dst.port}"
+                    spec = f"svc/{dst.ref}:{dst.port}"
                 else:
-                    spec = f"{dst.ip}:{dst.port}/tcp" if family == 4 else f"[{dst.ip}]:{dst.port}/tcp"
+                    ip = _node_address(cluster, src, family)
+                    spec = f"{ip}:{dst.port}/tcp" if family == 4 else f"[{ip}]:{dst.port}/tcp"
                 try:
                     _lines, result = run_trace(objects, intents, src=ref, dst=spec)
                 except TraceError as exc:
