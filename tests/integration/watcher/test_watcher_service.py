@@ -12,7 +12,7 @@ from opentelemetry import metrics, trace
 from xpunet.bus.nats import NatsBus
 from xpunet.model import Kind
 from xpunet.runtime.context import ServiceContext
-from xpunet.testing.kubeapi import namespace_obj, pod
+from xpunet.testing.kubeapi import FakeKubeAPI, KVFollower, namespace_obj, pod
 from xpunet.watcher.service import Settings, WatcherOptions, run
 from xpunet.watcher.state import sync_key
 
@@ -43,6 +43,44 @@ async def test_run_mirrors_a_manifest_directory_reports_ready_and_stops(
     ctx.stopping.set()
     async with asyncio.timeout(30):
         await task
+    await bus.delete_kv(bucket_name)
+
+
+async def test_run_against_the_api_leads_mirrors_and_releases_the_lease_on_stop(
+    tmp_path: Path, bus: NatsBus, bucket_name: str, fake_api: FakeKubeAPI
+) -> None:
+    fake_api.apply_many([namespace_obj("ns1"), pod("ns1", "a", ip="10.0.0.1")])
+    kubeconfig = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
+    options = WatcherOptions(
+        source=f"kube:{kubeconfig}",
+        bucket=bucket_name,
+        lease_identity="w1",
+        lease_duration=2,
+        renew_deadline=1.0,
+        retry_period=0.1,
+    )
+    ctx = ServiceContext(
+        name="watcher",
+        instance="watcher",
+        settings=Settings(watcher=options),
+        bus=bus,
+        node="n1",
+        tracer=trace.get_tracer("test"),
+        meter=metrics.get_meter("test"),
+    )
+    store = await bus.kv(bucket_name)
+    async with KVFollower(store) as kvf:
+        task = asyncio.create_task(run(ctx))
+        await kvf.until(lambda v: {"namespace.ns1", "pod.ns1.a", sync_key(Kind.POD)} <= set(v))
+        lease = fake_api.get("Lease", "xpunet-system", "xpunet-watcher")
+        assert lease is not None
+        assert lease["spec"]["holderIdentity"] == "w1"
+        ctx.stopping.set()
+        async with asyncio.timeout(30):
+            await task
+    lease = fake_api.get("Lease", "xpunet-system", "xpunet-watcher")
+    assert lease is not None
+    assert not lease["spec"].get("holderIdentity")  # released: a standby need not wait it out
     await bus.delete_kv(bucket_name)
 
 
