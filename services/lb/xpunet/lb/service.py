@@ -8,6 +8,11 @@ the compiler returns only changed keys, which go out in one pipelined
 ``put_many`` (deletes explicit).  After that, updates are coalesced for
 ``lb.flush_interval`` seconds per flush.  Rejected input goes to
 ``xpunet-status`` as ``lb.rejected.<ns>.<svc>``, is logged and counted.
+
+Tracing (docs/observability.md): each flush is one ``lb.compile`` span, a
+child of the trace context of the first live ``xpunet-k8s`` change it
+compiles and linked to the others', and its writes carry that span's context
+plus ``xpunet-written-at`` (the earliest change's time) in their headers.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
 from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, KVEntry, StateStore
+from xpunet.bus.tracing import CauseTracker, flush_span, source_attributes, written_at_headers
 from xpunet.ir.lb import (
     GLOBAL_SERVICE_PREFIX,
     ConntrackTimeouts,
@@ -110,6 +119,11 @@ class _Metrics:
         self.flush_seconds = meter.create_histogram(
             "xpunet_lb_flush_seconds", unit="s", description="Compile, encode and write of one flush"
         )
+        self.change_to_intent = meter.create_histogram(
+            "xpunet_lb_change_to_intent_seconds",
+            unit="s",
+            description="Earliest change of a flush (its written-at, else arrival) to its intents written",
+        )
 
 
 async def _snapshot(store: StateStore, prefix: str) -> AsyncIterator[KVEntry]:
@@ -178,6 +192,8 @@ class LbService:
         status: StateStore,
         flush_interval: float,
         metrics: _Metrics | None = None,
+        tracer: Tracer | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.compiler = compiler
         self._k8s = k8s
@@ -185,6 +201,9 @@ class LbService:
         self._status = status
         self._flush_interval = flush_interval
         self._metrics = metrics
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._clock = clock  # wall clock: written-at headers are compared across processes
+        self._causes = CauseTracker(clock=clock)
         self._dirty = asyncio.Event()
         self._in_sync_watches: set[str] = set()
         self._sync_markers: set[str] = set()
@@ -203,6 +222,9 @@ class LbService:
                 self._in_sync_watches.add(prefix)
                 self._dirty.set()
                 continue
+            if prefix in self._in_sync_watches:
+                # A live change (snapshot values describe state, not a change to trace or time).
+                self._causes.note(item.key, item.headers)
             self.apply(item)
 
     def apply(self, entry: KVEntry) -> None:
@@ -245,13 +267,27 @@ class LbService:
                 await self.flush()
 
     async def flush(self) -> Changes:
+        causes = self._causes.take()
+        attributes = source_attributes(causes, parse_object_key)
+        with flush_span(self._tracer, "lb.compile", causes, attributes) as span:
+            changes = await self._flush(written_at_headers(causes, self._clock()))
+            span.set_attribute("xpunet.intent.keys", len(changes.intents))
+            span.set_attribute("xpunet.intent.deletes", sum(1 for v in changes.intents.values() if v is None))
+            span.set_attribute("xpunet.status.keys", len(changes.status))
+        if self._metrics and changes.intents and causes.count:
+            now = self._clock()
+            self._metrics.change_to_intent.record(max(0.0, now - causes.written_at(now)))
+        return changes
+
+    async def _flush(self, headers: Mapping[str, str]) -> Changes:
+        """Compile, write status reports then intents with ``headers``."""
         started = time.perf_counter()
         changes = self.compiler.flush()
         # Reports first: whoever sees the new intents can already read why input was skipped.
         if changes.status:
-            await self._status.put_many(encode_changes(changes.status))
+            await self._status.put_many(encode_changes(changes.status), headers=headers)
         if changes.intents:
-            await self._intents.put_many(encode_changes(changes.intents))
+            await self._intents.put_many(encode_changes(changes.intents), headers=headers)
         self.flushes += 1
         if self._metrics:
             writes = sum(1 for v in changes.intents.values() if v is not None)
@@ -316,5 +352,6 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         status=status,
         flush_interval=opts.flush_interval,
         metrics=_Metrics(ctx),
+        tracer=ctx.tracer,
     )
     await service.run(ctx.stopping, on_synced=ctx.mark_ready)

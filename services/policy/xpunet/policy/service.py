@@ -10,6 +10,11 @@ partial view never removes a node's rules.  Afterwards updates are coalesced
 for ``policy.flush_interval`` seconds per flush.  A policy the compiler
 rejects is logged, counted and reported in ``xpunet-status`` under
 ``policy.rejected.<ns>.<name>``, and ignored; the service carries on.
+
+Tracing (docs/observability.md): each flush is one ``policy.compile`` span, a
+child of the trace context of the first live ``xpunet-k8s`` change it
+compiles and linked to the others', and its writes carry that span's context
+plus ``xpunet-written-at`` (the earliest change's time) in their headers.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
 from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, KVEntry, StateStore
+from xpunet.bus.tracing import CauseTracker, flush_span, source_attributes, written_at_headers
 from xpunet.ir.policy import (
     REJECTED_PREFIX,
     PolicyRejection,
@@ -88,6 +97,11 @@ class _Metrics:
         self.flush_seconds = meter.create_histogram(
             "xpunet_policy_flush_seconds", unit="s", description="Compile, encode and write of one flush"
         )
+        self.change_to_intent = meter.create_histogram(
+            "xpunet_policy_change_to_intent_seconds",
+            unit="s",
+            description="Earliest change of a flush (its written-at, else arrival) to its intents written",
+        )
 
 
 async def _snapshot(store: StateStore, prefix: str) -> AsyncIterator[KVEntry]:
@@ -128,6 +142,8 @@ class PolicyService:
         existing: Mapping[str, bytes] | None = None,
         existing_reports: set[str] | None = None,
         metrics: _Metrics | None = None,
+        tracer: Tracer | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.compiler = compiler
         self._k8s = k8s
@@ -135,6 +151,9 @@ class PolicyService:
         self._status = status
         self._flush_interval = flush_interval
         self._metrics = metrics
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._clock = clock  # wall clock: written-at headers are compared across processes
+        self._causes = CauseTracker(clock=clock)
         # What the bucket holds that we have not yet confirmed: compared on the first flush.
         self._existing: dict[str, bytes] | None = dict(existing or {})
         self._status_pending: dict[str, bytes | None] = {}
@@ -159,6 +178,9 @@ class PolicyService:
                 self._in_sync_watches.add(prefix)
                 self._mark_dirty()
                 continue
+            if prefix in self._in_sync_watches:
+                # A live change (snapshot values describe state, not a change to trace or time).
+                self._causes.note(item.key, item.headers)
             self.apply(item)
 
     def _mark_dirty(self) -> None:
@@ -239,6 +261,23 @@ class PolicyService:
 
     async def flush(self) -> dict[str, bytes | None]:
         """Compile what changed and write it; returns the writes made (None: deletes)."""
+        causes = self._causes.take()
+        attributes = source_attributes(causes, parse_object_key)
+        with flush_span(self._tracer, "policy.compile", causes, attributes) as span:
+            writes, status = await self._flush(written_at_headers(causes, self._clock()))
+            deletes = sum(1 for v in writes.values() if v is None)
+            span.set_attribute("xpunet.intent.keys", len(writes))
+            span.set_attribute("xpunet.intent.deletes", deletes)
+            span.set_attribute("xpunet.status.keys", len(status))
+        if self._metrics and writes and causes.count:
+            now = self._clock()
+            self._metrics.change_to_intent.record(max(0.0, now - causes.written_at(now)))
+        return writes
+
+    async def _flush(
+        self, headers: Mapping[str, str]
+    ) -> tuple[dict[str, bytes | None], dict[str, bytes | None]]:
+        """Compile, write status reports then intents with ``headers``; returns (intent, status) writes."""
         started = time.perf_counter()
         self._dirty_flag = False
         changes = self.compiler.flush()
@@ -272,9 +311,9 @@ class PolicyService:
             else:
                 self._reported.add(key)
         if status:
-            await self._status.put_many(status)
+            await self._status.put_many(status, headers=headers)
         if writes:
-            await self._intents.put_many(writes)
+            await self._intents.put_many(writes, headers=headers)
         self.flushes += 1
         deletes = sum(1 for v in writes.values() if v is None)
         if self._metrics:
@@ -289,7 +328,7 @@ class PolicyService:
                 (time.perf_counter() - started) * 1000,
             )
         self.synced.set()
-        return writes
+        return writes, status
 
     async def run(self, stopping: asyncio.Event, *, on_synced: Callable[[], None] | None = None) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -331,5 +370,6 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         existing=existing,
         existing_reports=reports,
         metrics=_Metrics(ctx),
+        tracer=ctx.tracer,
     )
     await service.run(ctx.stopping, on_synced=ctx.mark_ready)
