@@ -17,6 +17,7 @@ import ctypes.util
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,15 +69,13 @@ def list_netns(prefix: str) -> list[str]:
     return []
 
 
-_netns_lock: asyncio.Lock | None = None
+_netns_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 async def add_netns(name: str) -> None:
-    global _netns_lock
-    if _netns_lock is None:
-        _netns_lock = asyncio.Lock()
     # Concurrent `ip netns add` race on setting up /run/netns and can crash (SIGSEGV seen): one at a time.
-    async with _netns_lock:
+    lock = _netns_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
         await run("ip", "netns", "add", name)
     # Loopback up: responders and the datapath talk to themselves on 127.0.0.1.
     await run("ip", "-n", name, "link", "set", "lo", "up")

@@ -33,8 +33,8 @@ class StateError(ValueError):
 
 
 def state_root() -> Path:
-    """Where runs live: ``$XPUNET_CLUSTER_DIR``, ``/run/xpunet/clusters`` as root, else a per-user dir."""
-    explicit = os.environ.get("XPUNET_CLUSTER_DIR")
+    """Where runs live: ``$XPUNETCTL_STATE_DIR``, ``/run/xpunet/clusters`` as root, else a per-user dir."""
+    explicit = os.environ.get("XPUNETCTL_STATE_DIR")
     if explicit:
         return Path(explicit)
     if os.geteuid() == 0:
