@@ -83,18 +83,22 @@ async def cluster_demo(
     *,
     nodes: int = 2,
     edit: Path | None = None,
+    kernel: bool | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
+    """The demo; returns the exit code.  ``kernel=False`` forces the trace-only (not-root) mode."""
+
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
     began = time.monotonic()
-    if not wiring.is_root():
-        say("xpunet demo: not root, so no network namespaces and no real packets: the datapaths program")
+    if kernel is False or not wiring.is_root():
+        why = "not root" if not wiring.is_root() else "asked not to use the kernel"
+        say(f"xpunet demo: {why}, so no network namespaces and no real packets: the datapaths program")
         say("  softipu and every verdict comes from the reference pipeline (xpunetctl trace)")
     try:
         cluster = LocalCluster(
-            ClusterOptions(nodes=nodes, manifests=manifests, pods_per_node=0, target="kernel")
+            ClusterOptions(nodes=nodes, manifests=manifests, pods_per_node=0, target="kernel", kernel=kernel)
         )
     except (ClusterError, PlanError) as exc:
         say(f"xpunet demo: {exc}")
