@@ -107,19 +107,140 @@ def make_entry(
     origin: str = "",
     schema: Schema = SCHEMA,
 ) -> TableEntry:
-    """A canonical, validated entry: names qualified, fields in key order, wildcards dropped."""
-    spec = schema.table(qualified(table))
-    action_spec = schema.action(qualified(action))
-    match_t = tuple(
-        (f.name, match[f.name]) for f in spec.key if f.name in match and not _is_wildcard(f, match[f.name])
-    )
+    """A canonical, validated entry: names qualified, fields in key order, wildcards dropped.
+
+    Names (table, fields, action, parameters) are checked once per layout (see
+    :func:`entry_layout`); each call checks only the values.
+    """
     params = params or {}
-    params_t = tuple((p.name, params[p.name]) for p in action_spec.params if p.name in params)
-    entry = TableEntry(spec.name, match_t, action_spec.name, params_t, priority, origin)
-    problem = check_entry(entry, schema, given_fields=set(match), given_params=set(params))
-    if problem is not None:
-        raise EntryError(problem)
-    return entry
+    layout = entry_layout(table, tuple(match), action, tuple(params), schema=schema)
+    return layout.make(match, params, priority=priority, origin=origin)
+
+
+class EntryLayout:
+    """One (table, given fields, action, given parameters) combination, validated once.
+
+    Building entries through a layout checks only the values (match kinds, bit
+    widths, priority); the names were checked when the layout was made, so the
+    hot paths of the lowering pay for a few comparisons per entry, not for a
+    schema walk.
+    """
+
+    __slots__ = ("_fields", "_params", "_priority", "action", "action_spec", "spec", "table")
+
+    def __init__(
+        self,
+        table: str,
+        fields: tuple[str, ...],
+        action: str,
+        params: tuple[str, ...],
+        *,
+        schema: Schema = SCHEMA,
+    ) -> None:
+        spec = schema.table(qualified(table))
+        action_spec = schema.action(qualified(action))
+        self.spec = spec
+        self.action_spec = action_spec
+        self.table = spec.name
+        self.action = action_spec.name
+        names = {f.name for f in spec.key}
+        for n in fields:
+            if n not in names:
+                raise EntryError(f"{spec.alias}: no key field {n!r}")
+        if action_spec.name not in spec.action_names() or action_spec.name == spec.default_action:
+            raise EntryError(
+                f"{spec.alias}: action {action_spec.alias} is not allowed in entries of this table"
+            )
+        for f in spec.key:
+            if f.match_kind == "exact" and f.name not in fields:
+                raise EntryError(f"{spec.alias}: exact field {f.name} is missing")
+        pnames = {p.name for p in action_spec.params}
+        for n in params:
+            if n not in pnames:
+                raise EntryError(f"{spec.alias}: action {action_spec.alias} has no parameter {n!r}")
+        for p in action_spec.params:
+            if p.name not in params:
+                raise EntryError(f"{spec.alias}: action {action_spec.alias} parameter {p.name} is missing")
+        # Key order of the table, only the fields given.
+        self._fields = tuple(f for f in spec.key if f.name in fields)
+        self._params = tuple((p.name, (1 << p.bitwidth) - 1, p.bitwidth) for p in action_spec.params)
+        self._priority = spec.needs_priority
+
+    def make(
+        self,
+        match: Mapping[str, FieldMatch],
+        params: Mapping[str, int],
+        *,
+        priority: int = 0,
+        origin: str = "",
+    ) -> TableEntry:
+        """The entry with these values; raises :class:`EntryError` naming a value that does not fit."""
+        spec = self.spec
+        match_t: list[tuple[str, FieldMatch]] = []
+        for f in self._fields:
+            m = match[f.name]
+            problem = _check_field(spec, f, m)
+            if problem is not None:
+                raise EntryError(problem)
+            if not _is_wildcard(f, m):
+                match_t.append((f.name, m))
+        params_t: list[tuple[str, int]] = []
+        for name, full, width in self._params:
+            v = params[name]
+            if not 0 <= v <= full:
+                raise EntryError(
+                    f"{spec.alias}: {self.action_spec.alias}({name}={v}) does not fit bit<{width}>"
+                )
+            params_t.append((name, v))
+        self.check_priority(priority)
+        return TableEntry(self.table, tuple(match_t), self.action, tuple(params_t), priority, origin)
+
+    def check_priority(self, priority: int) -> None:
+        if self._priority and priority <= 0:
+            raise EntryError(f"{self.spec.alias}: entries need a priority > 0")
+        if not self._priority and priority != 0:
+            raise EntryError(f"{self.spec.alias}: entries take no priority")
+
+    def fits(self, field_name: str, value: int) -> bool:
+        """Whether ``value`` fits the key field (for hot paths that build matches themselves)."""
+        for f in self._fields:
+            if f.name == field_name:
+                return 0 <= value < (1 << f.bitwidth)
+        raise KeyError(f"{self.spec.alias}: layout has no field {field_name!r}")
+
+    def check_params(self, params: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+        """The parameters as an entry holds them, checked (for hot paths sharing them across entries)."""
+        out: list[tuple[str, int]] = []
+        for name, full, width in self._params:
+            v = params[name]
+            if not 0 <= v <= full:
+                raise EntryError(
+                    f"{self.spec.alias}: {self.action_spec.alias}({name}={v}) does not fit bit<{width}>"
+                )
+            out.append((name, v))
+        return tuple(out)
+
+
+_LAYOUTS: dict[int, tuple[Schema, dict[tuple[str, tuple[str, ...], str, tuple[str, ...]], EntryLayout]]] = {}
+
+
+def entry_layout(
+    table: str, fields: tuple[str, ...], action: str, params: tuple[str, ...], *, schema: Schema = SCHEMA
+) -> EntryLayout:
+    """The (cached) layout of entries of ``table`` with these fields, action and parameters."""
+    held = _LAYOUTS.get(id(schema))
+    if held is None or held[0] is not schema:
+        # Keyed by identity (hashing a whole schema per entry would cost more than validating);
+        # the schema is held so its id cannot be reused while cached.
+        held = (schema, {})
+        _LAYOUTS[id(schema)] = held
+    cache = held[1]
+    k = (table, fields, action, params)
+    layout = cache.get(k)
+    if layout is None:
+        layout = EntryLayout(table, fields, action, params, schema=schema)
+        cache[k] = layout
+    return layout
 
 
 def check_entry(

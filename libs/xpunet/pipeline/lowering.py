@@ -10,18 +10,31 @@ input, with everything that could not be lowered reported by name:
   (entries are *not* truncated: the writer decides, the target will refuse);
 * more IP sets than membership bits: the rules of the sets without a bit are
   left out (fail closed) and reported;
-* conflicting entries (two services on one frontend) keep the first by key and
-  report the rest.
+* an intent that cannot be lowered (a bad address, a backend of the wrong
+  family) adds nothing and is reported;
+* conflicting entries (two services on one frontend) keep the first in group
+  order and report the rest.
 
-Stable numbers keep churn small: endpoint ids are the pods' vNIC ports, backend
-groups derive from the lb's stable service-port ids, and set bits and next-hop
-ids come from a hash of their name with linear probing.
+The lowering is made of *groups*, one per intent (each endpoint, each
+endpoint's rules, each service port, each other node's routes, the node's
+addresses, its conntrack timeouts, its own ports) plus the IP-set
+classification of each direction, lowered by the ``lower_*`` functions here.
+:func:`lower` runs every group in :data:`canonical order <PHASE>` and folds the
+results; it is the reference that :class:`xpunet.pipeline.incremental.NodeLowering`
+(which re-lowers only the groups a change touches) must equal.
+
+Numbers shared between groups come from an :class:`Allocation`: set bits and
+next-hop ids.  Without one, :func:`lower` allocates afresh (crc32 of the name,
+linear probing in name order, :func:`hashed_ids`); the incremental lowering
+keeps its assignments stable across changes and passes them here to compare.
+Endpoint ids are the pods' vNIC ports and backend groups derive from the lb's
+stable service-port ids, so neither needs an allocation.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from xpunet.ir.keys import node_prefix
@@ -36,6 +49,7 @@ from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRule
 from xpunet.ir.routes import NodeRoute
 from xpunet.pipeline.entries import (
     EntryError,
+    EntryKey,
     Exact,
     FieldMatch,
     Lpm,
@@ -43,9 +57,9 @@ from xpunet.pipeline.entries import (
     TableEntry,
     Ternary,
     cidr_lpm,
+    entry_layout,
     family_suffix,
     ip_int,
-    make_entry,
 )
 from xpunet.pipeline.schema import (
     CT_CLOSING,
@@ -62,6 +76,23 @@ from xpunet.pipeline.schema import (
 PROTO_NUMBERS: Mapping[str, int] = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMPv6": 58, "SCTP": 132}
 PRIORITY_RULE = 10  # every policy rule: rules are allow-only, so their order carries no meaning
 PRIORITY_OPEN = 1  # the allow-all of a direction no policy isolates
+NEXT_HOP_SPACE = 1 << 24
+
+# Canonical group order (the first element of every group's order key).  Conflicts between
+# groups keep the entry of the earlier group; problems are reported in this order.
+PHASE_PORTS = 0  # the host and uplink ports
+PHASE_ENDPOINT = 1  # per endpoint (namespace, pod): port, anti-spoofing, host route
+PHASE_SET = 2  # per IP set id: problems only (missing, bad member)
+PHASE_CLASSIFY = 3  # per direction (0 src, 1 dst): the IP-set classification
+PHASE_ACL = 4  # per endpoint (namespace, pod): its policy rules
+PHASE_ADDRESSES = 5  # the node's addresses (NodePort)
+PHASE_SERVICE = 6  # per service port (id, then input order)
+PHASE_CONNTRACK = 7
+PHASE_HOST_ROUTES = 8  # the node's own addresses → host
+PHASE_NO_UPLINK = 9  # problem only: routes to other nodes but no uplink
+PHASE_ROUTE = 10  # per other node
+
+SIDES: tuple[tuple[str, str, str], ...] = (("src", "ingress", "src_sets"), ("dst", "egress", "dst_sets"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +116,19 @@ class NodeIntents:
     addresses: LbNodeAddresses | None = None
     conntrack: ConntrackTimeouts | None = None
     routes: tuple[NodeRoute, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """Numbers shared between groups: set membership bits per direction, next-hop ids.
+
+    ``next_hops`` is keyed ``"<node>/v4"`` and ``"<node>/v6"``.  A name without
+    a number here gets none (its rules are left out, its routes reported).
+    """
+
+    src_set_bits: Mapping[str, int] = field(default_factory=dict)
+    dst_set_bits: Mapping[str, int] = field(default_factory=dict)
+    next_hops: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +183,11 @@ def node_intents_from_kv(node: str, values: Mapping[str, object]) -> NodeIntents
     )
 
 
+def probe_start(name: str, space: int) -> int:
+    """Where the search for a free number of ``name`` starts (crc32 modulo ``space``)."""
+    return zlib.crc32(name.encode()) % space
+
+
 def hashed_ids(names: Iterable[str], space: int, *, start: int = 0) -> dict[str, int]:
     """Stable small numbers for names: crc32 modulo ``space``, linear probing in name order."""
     taken: set[int] = set()
@@ -146,7 +195,7 @@ def hashed_ids(names: Iterable[str], space: int, *, start: int = 0) -> dict[str,
     for name in sorted(set(names)):
         if len(taken) >= space:
             break
-        n = zlib.crc32(name.encode()) % space
+        n = probe_start(name, space)
         while n + start in taken:
             n = (n + 1) % space
         taken.add(n + start)
@@ -154,11 +203,32 @@ def hashed_ids(names: Iterable[str], space: int, *, start: int = 0) -> dict[str,
     return out
 
 
-class _Builder:
+# --- groups -------------------------------------------------------------------------------
+
+
+class GroupOut:
+    """The entries one group adds, in order, and the problems it found.
+
+    ``adds`` holds the first entry a group added on each key; ``extra`` the
+    later ones on the same key (rare: two rules of one pod allowing the same
+    traffic), so folding groups in order sees every add in the same order as
+    one sequential pass would.
+    """
+
+    __slots__ = ("adds", "extra", "problems", "schema")
+
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
-        self.entries: dict[tuple[object, ...], TableEntry] = {}
+        self.adds: dict[EntryKey, TableEntry] = {}
+        self.extra: dict[EntryKey, list[TableEntry]] = {}
         self.problems: list[str] = []
+
+    def put(self, e: TableEntry) -> None:
+        key = e.key
+        if key in self.adds:
+            self.extra.setdefault(key, []).append(e)
+        else:
+            self.adds[key] = e
 
     def add(
         self,
@@ -170,175 +240,211 @@ class _Builder:
         priority: int = 0,
         origin: str,
     ) -> None:
+        params = params or {}
         try:
-            e = make_entry(table, match, action, params, priority=priority, origin=origin, schema=self.schema)
+            layout = entry_layout(table, tuple(match), action, tuple(params), schema=self.schema)
+            e = layout.make(match, params, priority=priority, origin=origin)
         except EntryError as exc:
             self.problems.append(f"{origin}: {exc}; left out")
             return
-        prev = self.entries.get(e.key)
-        if prev is None:
-            self.entries[e.key] = e
-        elif (prev.action, prev.params) != (e.action, e.params):
-            self.problems.append(
-                f"{e.alias}: {origin} conflicts with {prev.origin} on the same key; kept the first"
-            )
-        elif origin not in prev.origin.split(" + "):
-            self.entries[e.key] = TableEntry(
-                e.table, e.match, e.action, e.params, e.priority, f"{prev.origin} + {origin}"
-            )
+        self.put(e)
+
+    def sequence(self, key: EntryKey) -> list[TableEntry]:
+        """Every entry this group added on ``key``, in order."""
+        first = self.adds[key]
+        more = self.extra.get(key)
+        return [first, *more] if more else [first]
 
 
-def lower(intents: NodeIntents, ports: NodePorts, *, schema: Schema = SCHEMA) -> Lowered:
-    """The desired entries of one node."""
-    b = _Builder(schema)
-    endpoints = _lower_ports_and_endpoints(b, intents, ports)
-    src_bits, dst_bits = _lower_policy(b, intents, ports)
-    _lower_services(b, intents)
-    _lower_conntrack(b, intents.conntrack or ConntrackTimeouts())
-    next_hops = _lower_routes(b, intents, ports)
-    entries = tuple(sorted(b.entries.values(), key=lambda e: (e.table, repr(e.match), e.priority)))
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[e.table] = counts.get(e.table, 0) + 1
-    overflow = [
-        TableOverflow(t.alias, counts[t.name], t.size)
-        for t in schema.tables
-        if counts.get(t.name, 0) > t.size
-    ]
-    for label, want in (
-        ("ip set bits (ingress peers)", src_bits[1]),
-        ("ip set bits (egress peers)", dst_bits[1]),
-    ):
-        if want > SET_BITS:
-            overflow.append(TableOverflow(label, want, SET_BITS))
-    return Lowered(
-        entries,
-        tuple(overflow),
-        tuple(b.problems),
-        src_bits[0],
-        dst_bits[0],
-        next_hops,
-        endpoints,
-    )
+def fold(entries: Sequence[TableEntry], conflicts: list[str]) -> TableEntry:
+    """The entry kept on one key after these adds, in order: the first wins, equal ones merge origins."""
+    kept = entries[0]
+    for e in entries[1:]:
+        if (kept.action, kept.params) != (e.action, e.params):
+            conflicts.append(
+                f"{e.alias}: {e.origin} conflicts with {kept.origin} on the same key; kept the first"
+            )
+            continue
+        parts = kept.origin.split(" + ")
+        new = [p for p in e.origin.split(" + ") if p not in parts]
+        if new:
+            kept = TableEntry(
+                kept.table, kept.match, kept.action, kept.params, kept.priority, " + ".join([*parts, *new])
+            )
+    return kept
+
+
+def entry_order(e: TableEntry) -> tuple[str, str, int]:
+    """The order of :attr:`Lowered.entries` (and of conflict reports)."""
+    return (e.table, repr(e.match), e.priority)
 
 
 # --- ports, endpoints ----------------------------------------------------------------
 
 
-def _lower_ports_and_endpoints(b: _Builder, intents: NodeIntents, ports: NodePorts) -> dict[int, str]:
-    out: dict[int, str] = {}
+def lower_node_ports(ports: NodePorts, schema: Schema = SCHEMA) -> GroupOut:
+    g = GroupOut(schema)
     if ports.host is not None:
-        b.add("port_info", {"in_port": Exact(ports.host)}, "from_host", origin="host")
+        g.add("port_info", {"in_port": Exact(ports.host)}, "from_host", origin="host")
     for up in ports.uplinks:
-        b.add("port_info", {"in_port": Exact(up)}, "from_uplink", origin="uplink")
-    for ep in sorted(intents.endpoints, key=lambda e: (e.namespace, e.pod)):
-        ref = f"{ep.namespace}/{ep.pod}"
-        port = ports.endpoints.get(ref)
-        if port is None:
-            b.problems.append(f"endpoint {ref}: no vNIC port allocated; not programmed")
+        g.add("port_info", {"in_port": Exact(up)}, "from_uplink", origin="uplink")
+    return g
+
+
+def lower_endpoint(ep: PolicyEndpoint, port: int | None, schema: Schema = SCHEMA) -> GroupOut:
+    """A local pod's port, anti-spoofing and host routes."""
+    g = GroupOut(schema)
+    ref = f"{ep.namespace}/{ep.pod}"
+    if port is None:
+        g.problems.append(f"endpoint {ref}: no vNIC port allocated; not programmed")
+        return g
+    origin = f"endpoint {ref}"
+    g.add("port_info", {"in_port": Exact(port)}, "from_endpoint", {"endpoint_id": port}, origin=origin)
+    for addr in ep.ips:
+        try:
+            version, value = ip_int(addr)
+        except ValueError as exc:
+            g.problems.append(f"endpoint {ref}: {exc}")
             continue
-        origin = f"endpoint {ref}"
-        out[port] = ref
-        b.add("port_info", {"in_port": Exact(port)}, "from_endpoint", {"endpoint_id": port}, origin=origin)
-        for addr in ep.ips:
-            try:
-                version, value = ip_int(addr)
-            except ValueError as exc:
-                b.problems.append(f"endpoint {ref}: {exc}")
-                continue
-            fam = family_suffix(version)
-            b.add(
-                f"endpoint_by_ip_{fam}",
-                {"src_addr": Exact(value)},
-                "source_endpoint",
-                {"endpoint_id": port},
-                origin=origin,
-            )
-            b.add(
-                f"fib_{fam}",
-                {"dst_addr": Lpm(value, 32 if version == 4 else 128)},
-                "deliver_local",
-                {"port": port, "endpoint_id": port},
-                origin=origin,
-            )
-    return out
+        fam = family_suffix(version)
+        g.add(
+            f"endpoint_by_ip_{fam}",
+            {"src_addr": Exact(value)},
+            "source_endpoint",
+            {"endpoint_id": port},
+            origin=origin,
+        )
+        g.add(
+            f"fib_{fam}",
+            {"dst_addr": Lpm(value, 32 if version == 4 else 128)},
+            "deliver_local",
+            {"port": port, "endpoint_id": port},
+            origin=origin,
+        )
+    return g
 
 
 # --- policy ------------------------------------------------------------------------------
 
 
-def _classify(sets: Iterable[IPSet], bits: Mapping[str, int]) -> dict[int, dict[Lpm, int]]:
+def referenced_sets(ep: PolicyEndpoint, direction: str) -> set[str]:
+    """The IP sets the rules of one direction (``ingress``/``egress``) of an endpoint refer to."""
+    rules = ep.ingress if direction == "ingress" else ep.egress
+    return {r.ipset for r in rules if r.ipset is not None}
+
+
+def set_prefixes(s: IPSet) -> dict[int, list[Lpm]]:
+    """The members of a set as LPM prefixes per IP version; ValueError names a bad member."""
+    out: dict[int, list[Lpm]] = {4: [], 6: []}
+    for cidr in s.members:
+        version, lpm = cidr_lpm(cidr)
+        out[version].append(lpm)
+    return out
+
+
+def set_problems(set_id: str, s: IPSet | None, referenced: bool) -> list[str]:
+    """Problems of one IP set: referenced but missing, or a member that is not a CIDR."""
+    if not referenced:
+        return []
+    if s is None:
+        return [f"ip set {set_id}: referenced but not present; its rules match nothing"]
+    try:
+        set_prefixes(s)
+    except ValueError as exc:
+        return [f"ip set {set_id}: {exc}; its rules match nothing"]
+    return []
+
+
+def classify(sets: Iterable[IPSet], bits: Mapping[str, int]) -> dict[int, dict[Lpm, int]]:
     """Per IP version, LPM prefix → membership bits of every set having a member that covers it.
 
     LPM picks the longest matching prefix, so an address whose longest match is
-    P must carry the bits of every set with a member ⊇ P.
+    P must carry the bits of every set with a member ⊇ P.  Sets without a bit
+    or with a bad member are left out.
     """
     members: dict[int, dict[Lpm, int]] = {4: {}, 6: {}}
     for s in sets:
         bit = bits.get(s.id)
         if bit is None:
             continue
-        for cidr in s.members:
-            version, lpm = cidr_lpm(cidr)
-            members[version][lpm] = members[version].get(lpm, 0) | (1 << bit)
+        try:
+            prefixes = set_prefixes(s)
+        except ValueError:
+            continue  # reported by set_problems
+        for version, lpms in prefixes.items():
+            for lpm in lpms:
+                members[version][lpm] = members[version].get(lpm, 0) | (1 << bit)
     out: dict[int, dict[Lpm, int]] = {4: {}, 6: {}}
     for version, by_prefix in members.items():
         width = 32 if version == 4 else 128
         for p in by_prefix:
-            acc = 0
-            for length in range(p.prefix_len + 1):
-                mask = ((1 << length) - 1) << (width - length)
-                acc |= by_prefix.get(Lpm(p.value & mask, length), 0)
-            out[version][p] = acc
+            out[version][p] = covering_bits(by_prefix, p, width)
     return out
 
 
-def _lower_policy(
-    b: _Builder, intents: NodeIntents, ports: NodePorts
-) -> tuple[tuple[dict[str, int], int], tuple[dict[str, int], int]]:
-    programmed = [ep for ep in intents.endpoints if f"{ep.namespace}/{ep.pod}" in ports.endpoints]
-    src_ids = {r.ipset for ep in programmed for r in ep.ingress if r.ipset is not None}
-    dst_ids = {r.ipset for ep in programmed for r in ep.egress if r.ipset is not None}
-    src_bits = hashed_ids(src_ids, SET_BITS)
-    dst_bits = hashed_ids(dst_ids, SET_BITS)
-    sets = {s.id: s for s in intents.ip_sets}
-    for missing in sorted((src_ids | dst_ids) - sets.keys()):
-        b.problems.append(f"ip set {missing}: referenced but not present; its rules match nothing")
-    for side, bits in (("src", src_bits), ("dst", dst_bits)):
-        try:
-            classes = _classify((sets[i] for i in bits if i in sets), bits)
-        except ValueError as exc:
-            b.problems.append(f"ip sets: {exc}")
+def covering_bits(direct: Mapping[Lpm, int], p: Lpm, width: int) -> int:
+    """The bits of every prefix in ``direct`` that covers ``p`` (``p`` included)."""
+    acc = 0
+    for length in range(p.prefix_len + 1):
+        mask = ((1 << length) - 1) << (width - length)
+        acc |= direct.get(Lpm(p.value & mask, length), 0)
+    return acc
+
+
+def classification_entry(
+    side: str, version: int, lpm: Lpm, members: int, schema: Schema = SCHEMA
+) -> TableEntry:
+    layout = entry_layout(
+        f"ip_set_{side}_{family_suffix(version)}",
+        (f"{side}_addr",),
+        f"set_{side}_sets",
+        ("sets",),
+        schema=schema,
+    )
+    return layout.make({f"{side}_addr": lpm}, {"sets": members}, origin=f"ip sets ({side})")
+
+
+def lower_classification(
+    side: str, sets: Iterable[IPSet], bits: Mapping[str, int], schema: Schema = SCHEMA
+) -> GroupOut:
+    g = GroupOut(schema)
+    for version, by_prefix in classify(sets, bits).items():
+        for lpm, members in by_prefix.items():
+            g.put(classification_entry(side, version, lpm, members, schema))
+    return g
+
+
+def lower_acl(
+    ep: PolicyEndpoint,
+    port: int,
+    src_bits: Mapping[str, int],
+    dst_bits: Mapping[str, int],
+    schema: Schema = SCHEMA,
+) -> GroupOut:
+    """One programmed endpoint's policy: allow-all per open direction, its rules per isolated one."""
+    g = GroupOut(schema)
+    ref = f"{ep.namespace}/{ep.pod}"
+    for direction, isolated, rules, peer, bits in (
+        ("ingress", ep.ingress_isolated, ep.ingress, "src_sets", src_bits),
+        ("egress", ep.egress_isolated, ep.egress, "dst_sets", dst_bits),
+    ):
+        table = f"acl_{direction}"
+        if not isolated:
+            g.add(
+                table,
+                {"endpoint_id": Exact(port)},
+                "acl_allow",
+                priority=PRIORITY_OPEN,
+                origin=f"{ref} {direction} not isolated",
+            )
             continue
-        action = f"set_{side}_sets"
-        for version, by_prefix in classes.items():
-            table = f"ip_set_{side}_{family_suffix(version)}"
-            for lpm, members in by_prefix.items():
-                b.add(table, {f"{side}_addr": lpm}, action, {"sets": members}, origin=f"ip sets ({side})")
-    for ep in sorted(programmed, key=lambda e: (e.namespace, e.pod)):
-        port = ports.endpoints[f"{ep.namespace}/{ep.pod}"]
-        ref = f"{ep.namespace}/{ep.pod}"
-        for direction, isolated, rules, peer, bits in (
-            ("ingress", ep.ingress_isolated, ep.ingress, "src_sets", src_bits),
-            ("egress", ep.egress_isolated, ep.egress, "dst_sets", dst_bits),
-        ):
-            table = f"acl_{direction}"
-            if not isolated:
-                b.add(
-                    table,
-                    {"endpoint_id": Exact(port)},
-                    "acl_allow",
-                    priority=PRIORITY_OPEN,
-                    origin=f"{ref} {direction} not isolated",
-                )
-                continue
-            for rule in rules:
-                _lower_rule(b, table, port, peer, rule, bits, ref)
-    return (src_bits, len(src_ids)), (dst_bits, len(dst_ids))
+        for rule in rules:
+            _lower_rule(g, table, port, peer, rule, bits, ref)
+    return g
 
 
 def _lower_rule(
-    b: _Builder, table: str, port: int, peer: str, rule: PolicyRule, bits: Mapping[str, int], ref: str
+    g: GroupOut, table: str, port: int, peer: str, rule: PolicyRule, bits: Mapping[str, int], ref: str
 ) -> None:
     o = rule.origin
     origin = f"{o.namespace}/{o.policy} {o.direction}[{o.index}] for {ref}"
@@ -346,19 +452,23 @@ def _lower_rule(
     if rule.ipset is not None:
         bit = bits.get(rule.ipset)
         if bit is None:
-            b.problems.append(
+            g.problems.append(
                 f"{origin}: ip set {rule.ipset} has no membership bit (too many sets); rule left out"
             )
             return
         match[peer] = Ternary(1 << bit, 1 << bit)
     if rule.ports is None:
-        b.add(table, match, "acl_allow", priority=PRIORITY_RULE, origin=origin)
+        g.add(table, match, "acl_allow", priority=PRIORITY_RULE, origin=origin)
         return
     for pr in rule.ports:
+        proto = PROTO_NUMBERS.get(pr.protocol)
+        if proto is None:
+            g.problems.append(f"{origin}: unknown protocol {pr.protocol!r}; port rule left out")
+            continue
         m = dict(match)
-        m["protocol"] = Ternary(PROTO_NUMBERS[pr.protocol], 0xFF)
+        m["protocol"] = Ternary(proto, 0xFF)
         m["dst_port"] = Range(pr.first, pr.last)
-        b.add(table, m, "acl_allow", priority=PRIORITY_RULE, origin=origin)
+        g.add(table, m, "acl_allow", priority=PRIORITY_RULE, origin=origin)
 
 
 # --- services ------------------------------------------------------------------------------
@@ -369,28 +479,88 @@ def backend_groups(service_port_id: int) -> tuple[int, int]:
     return service_port_id << 1, (service_port_id << 1) | 1
 
 
-def _lower_group(b: _Builder, group: int, bset: BackendSet, version: int, origin: str) -> None:
+def node_addresses(node: str, addresses: LbNodeAddresses | None, routes: Iterable[NodeRoute]) -> list[str]:
+    """The node's own addresses: from its lb address intent and its route intents, sorted."""
+    out: set[str] = set(addresses.addresses if addresses else ())
+    for r in routes:
+        if r.node == node:
+            out.update(r.addresses)
+    return sorted(out)
+
+
+def lower_node_addresses(addresses: Iterable[str], schema: Schema = SCHEMA) -> GroupOut:
+    g = GroupOut(schema)
+    for a in addresses:
+        try:
+            version, value = ip_int(a)
+        except ValueError as exc:
+            g.problems.append(f"node addresses: {exc}")
+            continue
+        g.add(
+            f"node_address_{family_suffix(version)}",
+            {"dst_addr": Exact(value)},
+            "to_node_address",
+            origin="node addresses",
+        )
+    return g
+
+
+def service_origin(svc: LbServicePort) -> str:
+    return f"service {svc.namespace}/{svc.service} {svc.protocol.lower()}/{svc.port} {svc.family}"
+
+
+def lower_service(svc: LbServicePort, ov: LbNodeOverride | None, schema: Schema = SCHEMA) -> GroupOut:
+    """One service port: its frontends, backend groups and every Maglev bucket, or nothing and a problem."""
+    g = GroupOut(schema)
+    origin = service_origin(svc)
+    try:
+        _lower_service(g, svc, ov, origin)
+    except ValueError as exc:
+        # All or nothing: a bad intent adds no half a service.
+        g = GroupOut(schema)
+        g.problems.append(f"{origin}: {exc}; not programmed")
+    return g
+
+
+def _lower_group(g: GroupOut, group: int, bset: BackendSet, version: int, origin: str) -> None:
     if not bset.table:
         action = "reject_empty_group" if bset.when_empty == "reject" else "drop_empty_group"
-        b.add("backend_group", {"backend_group": Exact(group)}, action, origin=origin)
+        g.add("backend_group", {"backend_group": Exact(group)}, action, origin=origin)
         return
     fam = family_suffix(version)
-    resolved: list[tuple[int, int]] = []
+    # The hot path (a thousand buckets per group): names checked once by the layout, values
+    # once per group and per backend, then entries are built directly.
+    layout = entry_layout(
+        f"maglev_backend_{fam}",
+        ("backend_group", "bucket"),
+        f"set_backend_{fam}",
+        ("addr", "port"),
+        schema=g.schema,
+    )
+    if not layout.fits("backend_group", group):
+        raise ValueError(f"backend group {group} does not fit the pipeline")
+    if not layout.fits("bucket", len(bset.table) - 1):
+        raise ValueError(f"{len(bset.table)} buckets do not fit the pipeline")
+    params: list[tuple[tuple[str, int], ...]] = []
     for be in bset.backends:
         bv, addr = ip_int(be.ip)
         if bv != version:
             raise ValueError(f"backend {be.ip} is not IPv{version}")
-        resolved.append((addr, be.port))
+        params.append(layout.check_params({"addr": addr, "port": be.port}))
+    table, action, n = layout.table, layout.action, len(params)
+    group_match = ("backend_group", Exact(group))
+    adds = g.adds
     for bucket, idx in enumerate(bset.table):
-        addr, port = resolved[idx]
-        b.add(
-            f"maglev_backend_{fam}",
-            {"backend_group": Exact(group), "bucket": Exact(bucket)},
-            f"set_backend_{fam}",
-            {"addr": addr, "port": port},
-            origin=origin,
-        )
-    b.add(
+        if not 0 <= idx < n:
+            raise ValueError(f"bucket {bucket} points at backend {idx} of {n}")
+        match = (group_match, ("bucket", Exact(bucket)))
+        e = TableEntry(table, match, action, params[idx], 0, origin)
+        key = (table, match, 0)
+        if key in adds:
+            g.put(e)
+        else:
+            adds[key] = e
+    g.add(
         "backend_group",
         {"backend_group": Exact(group)},
         "maglev_group",
@@ -399,33 +569,7 @@ def _lower_group(b: _Builder, group: int, bset: BackendSet, version: int, origin
     )
 
 
-def _lower_services(b: _Builder, intents: NodeIntents) -> None:
-    overrides = {o.id: o for o in intents.overrides}
-    node_addrs: set[str] = set(intents.addresses.addresses if intents.addresses else ())
-    for r in intents.routes:
-        if r.node == intents.node:
-            node_addrs.update(r.addresses)
-    for a in sorted(node_addrs):
-        try:
-            version, value = ip_int(a)
-        except ValueError as exc:
-            b.problems.append(f"node addresses: {exc}")
-            continue
-        b.add(
-            f"node_address_{family_suffix(version)}",
-            {"dst_addr": Exact(value)},
-            "to_node_address",
-            origin="node addresses",
-        )
-    for svc in sorted(intents.services, key=lambda s: s.id):
-        origin = f"service {svc.namespace}/{svc.service} {svc.protocol.lower()}/{svc.port} {svc.family}"
-        try:
-            _lower_service(b, svc, overrides.get(svc.id), origin)
-        except ValueError as exc:
-            b.problems.append(f"{origin}: {exc}; not programmed")
-
-
-def _lower_service(b: _Builder, svc: LbServicePort, ov: LbNodeOverride | None, origin: str) -> None:
+def _lower_service(g: GroupOut, svc: LbServicePort, ov: LbNodeOverride | None, origin: str) -> None:
     version = 4 if svc.family == "ipv4" else 6
     fam = family_suffix(version)
     internal = ov.internal if ov is not None and ov.internal is not None else svc.internal
@@ -433,9 +577,11 @@ def _lower_service(b: _Builder, svc: LbServicePort, ov: LbNodeOverride | None, o
     g_int, g_ext = backend_groups(svc.id)
     if external is None:
         g_ext = g_int
-    # Validate every frontend before adding anything, so a bad intent adds no half a service.
+    # Validate every frontend before adding anything.
     fronts: list[tuple[str, dict[str, FieldMatch], int, int]] = []
-    proto = PROTO_NUMBERS[svc.protocol]
+    proto = PROTO_NUMBERS.get(svc.protocol)
+    if proto is None:
+        raise ValueError(f"unknown protocol {svc.protocol!r}")
     aff = FLAG_AFFINITY if svc.affinity is not None else 0
     for fe in svc.frontends:
         group = g_int if not fe.external else g_ext
@@ -459,18 +605,18 @@ def _lower_service(b: _Builder, svc: LbServicePort, ov: LbNodeOverride | None, o
             "dst_port": Exact(fe.port),
         }
         fronts.append((f"service_frontend_{fam}", match, group, flags))
-    _lower_group(b, g_int, internal, version, origin)
+    _lower_group(g, g_int, internal, version, origin)
     if external is not None:
-        _lower_group(b, g_ext, external, version, origin + " (external)")
+        _lower_group(g, g_ext, external, version, origin + " (external)")
     timeout = svc.affinity.timeout_s if svc.affinity is not None else 0
-    for table, match, group, flags in fronts:
+    for table, fmatch, group, flags in fronts:
         params = {
             "service_port_id": svc.id,
             "backend_group": group,
             "flags": flags,
             "affinity_timeout": timeout,
         }
-        b.add(table, match, "to_service", params, origin=origin)
+        g.add(table, fmatch, "to_service", params, origin=origin)
 
 
 # --- conntrack ------------------------------------------------------------------------------
@@ -494,71 +640,241 @@ def conntrack_timeouts(ct: ConntrackTimeouts) -> dict[tuple[int, int], int]:
     return out
 
 
-def _lower_conntrack(b: _Builder, ct: ConntrackTimeouts) -> None:
-    for (proto, state), seconds in sorted(conntrack_timeouts(ct).items()):
-        b.add(
+def lower_conntrack(ct: ConntrackTimeouts | None, schema: Schema = SCHEMA) -> GroupOut:
+    g = GroupOut(schema)
+    for (proto, state), seconds in sorted(conntrack_timeouts(ct or ConntrackTimeouts()).items()):
+        g.add(
             "ct_timeout",
             {"protocol": Exact(proto), "ct_state": Exact(state)},
             "set_ct_timeout",
             {"seconds": seconds},
             origin="conntrack timeouts",
         )
+    return g
 
 
 # --- routes ------------------------------------------------------------------------------------
 
 
-def _lower_routes(b: _Builder, intents: NodeIntents, ports: NodePorts) -> dict[int, str]:
-    me = next((r for r in intents.routes if r.node == intents.node), None)
-    if me is not None and ports.host is not None:
-        for a in me.addresses:
+def next_hop_names(route: NodeRoute) -> tuple[str, str]:
+    """The names a route's next hops are allocated under."""
+    return (f"{route.node}/v4", f"{route.node}/v6")
+
+
+def lower_host_routes(me: NodeRoute | None, host: int | None, schema: Schema = SCHEMA) -> GroupOut:
+    """The node's own addresses, delivered to its network stack."""
+    g = GroupOut(schema)
+    if me is None or host is None:
+        return g
+    origin = f"node {me.node} address"
+    for a in me.addresses:
+        try:
             version, value = ip_int(a)
-            b.add(
-                f"fib_{family_suffix(version)}",
-                {"dst_addr": Lpm(value, 32 if version == 4 else 128)},
-                "deliver_host",
-                {"port": ports.host},
-                origin=f"node {me.node} address",
-            )
-    others = [r for r in intents.routes if r.node != intents.node]
-    if others and not ports.uplinks:
-        b.problems.append("routes: no uplink port; other nodes are unreachable")
-        return {}
-    ids = hashed_ids((f"{r.node}/v{v}" for r in others for v in (4, 6)), 1 << 24, start=1)
+        except ValueError as exc:
+            g.problems.append(f"{origin}: {exc}")
+            continue
+        g.add(
+            f"fib_{family_suffix(version)}",
+            {"dst_addr": Lpm(value, 32 if version == 4 else 128)},
+            "deliver_host",
+            {"port": host},
+            origin=origin,
+        )
+    return g
+
+
+def lower_route(
+    r: NodeRoute, ids: Mapping[str, int], uplink: int, schema: Schema = SCHEMA
+) -> tuple[GroupOut, dict[int, str]]:
+    """Another node's pod CIDRs through its next hops; returns the next hops used (id → node)."""
+    g = GroupOut(schema)
+    origin = f"route to node {r.node}"
     names: dict[int, str] = {}
-    for r in sorted(others, key=lambda r: r.node):
-        origin = f"route to node {r.node}"
-        for version, cidrs in ((4, r.pod_cidrs_v4), (6, r.pod_cidrs_v6)):
-            if not cidrs:
-                continue
-            nh = ids[f"{r.node}/v{version}"]
+    for version, cidrs in ((4, r.pod_cidrs_v4), (6, r.pod_cidrs_v6)):
+        if not cidrs:
+            continue
+        nh = ids.get(f"{r.node}/v{version}")
+        if nh is None:
+            g.problems.append(f"{origin}: no next hop id allocated for IPv{version}")
+            continue
+        try:
             if r.next_hop == "vxlan":
                 under = r.underlay_address
                 if under is None:
-                    b.problems.append(f"{origin}: no address for the VXLAN tunnel")
+                    g.problems.append(f"{origin}: no address for the VXLAN tunnel")
                     continue
                 uv, uval = ip_int(under)
                 action = f"via_vxlan_{family_suffix(uv)}"
-                params = {"vtep_addr": uval, "vni": r.vni, "port": ports.uplinks[0]}
+                params = {"vtep_addr": uval, "vni": r.vni, "port": uplink}
             else:
                 addr = r.address_of(version)
                 if addr is None:
-                    b.problems.append(f"{origin}: no IPv{version} node address for direct routing")
+                    g.problems.append(f"{origin}: no IPv{version} node address for direct routing")
                     continue
                 action = f"via_direct_{family_suffix(version)}"
-                params = {"node_addr": ip_int(addr)[1], "port": ports.uplinks[0]}
-            names[nh] = r.node
-            b.add("next_hop", {"next_hop_id": Exact(nh)}, action, params, origin=origin)
-            for cidr in cidrs:
+                params = {"node_addr": ip_int(addr)[1], "port": uplink}
+        except ValueError as exc:
+            g.problems.append(f"{origin}: {exc}")
+            continue
+        names[nh] = r.node
+        g.add("next_hop", {"next_hop_id": Exact(nh)}, action, params, origin=origin)
+        for cidr in cidrs:
+            try:
                 v, lpm = cidr_lpm(cidr)
-                if v != version:
-                    b.problems.append(f"{origin}: {cidr} is not IPv{version}")
-                    continue
-                b.add(
-                    f"fib_{family_suffix(v)}",
-                    {"dst_addr": lpm},
-                    "route_via",
-                    {"next_hop_id": nh},
-                    origin=origin,
-                )
-    return names
+            except ValueError as exc:
+                g.problems.append(f"{origin}: {exc}")
+                continue
+            if v != version:
+                g.problems.append(f"{origin}: {cidr} is not IPv{version}")
+                continue
+            g.add(
+                f"fib_{family_suffix(v)}", {"dst_addr": lpm}, "route_via", {"next_hop_id": nh}, origin=origin
+            )
+    return g, names
+
+
+NO_UPLINK = "routes: no uplink port; other nodes are unreachable"
+
+
+# --- the reference: every group, in order ------------------------------------------------------
+
+
+def fresh_allocation(intents: NodeIntents, ports: NodePorts) -> Allocation:
+    """Numbers as a lowering from scratch assigns them (name order, linear probing)."""
+    programmed = [ep for ep in intents.endpoints if f"{ep.namespace}/{ep.pod}" in ports.endpoints]
+    src = {s for ep in programmed for s in referenced_sets(ep, "ingress")}
+    dst = {s for ep in programmed for s in referenced_sets(ep, "egress")}
+    others = [r for r in intents.routes if r.node != intents.node]
+    return Allocation(
+        hashed_ids(src, SET_BITS),
+        hashed_ids(dst, SET_BITS),
+        hashed_ids((n for r in others for n in next_hop_names(r)), NEXT_HOP_SPACE, start=1),
+    )
+
+
+def lower(
+    intents: NodeIntents,
+    ports: NodePorts,
+    *,
+    schema: Schema = SCHEMA,
+    allocation: Allocation | None = None,
+) -> Lowered:
+    """The desired entries of one node (every group, folded in canonical order)."""
+    alloc = allocation if allocation is not None else fresh_allocation(intents, ports)
+    groups: list[tuple[tuple[object, ...], GroupOut]] = [((PHASE_PORTS,), lower_node_ports(ports, schema))]
+    endpoints: dict[int, str] = {}
+    eps = sorted(enumerate(intents.endpoints), key=lambda ie: (ie[1].namespace, ie[1].pod, ie[0]))
+    programmed: list[tuple[int, PolicyEndpoint, int]] = []
+    for i, ep in eps:
+        ref = f"{ep.namespace}/{ep.pod}"
+        port = ports.endpoints.get(ref)
+        groups.append(((PHASE_ENDPOINT, ep.namespace, ep.pod, i), lower_endpoint(ep, port, schema)))
+        if port is not None:
+            endpoints[port] = ref
+            programmed.append((i, ep, port))
+    # Policy: sets referenced by programmed endpoints, their bits, their classification, the rules.
+    referenced: list[set[str]] = [set(), set()]
+    for _, ep, _ in programmed:
+        referenced[0] |= referenced_sets(ep, "ingress")
+        referenced[1] |= referenced_sets(ep, "egress")
+    sets = {s.id: s for s in intents.ip_sets}
+    for set_id in sorted(referenced[0] | referenced[1] | sets.keys()):
+        g = GroupOut(schema)
+        g.problems += set_problems(set_id, sets.get(set_id), set_id in referenced[0] | referenced[1])
+        groups.append(((PHASE_SET, set_id), g))
+    bits = [
+        {s: b for s, b in alloc.src_set_bits.items() if s in referenced[0]},
+        {s: b for s, b in alloc.dst_set_bits.items() if s in referenced[1]},
+    ]
+    for i, (side, _, _) in enumerate(SIDES):
+        present = [sets[s] for s in sorted(bits[i]) if s in sets]
+        groups.append(((PHASE_CLASSIFY, i), lower_classification(side, present, bits[i], schema)))
+    for i, ep, port in programmed:
+        groups.append(((PHASE_ACL, ep.namespace, ep.pod, i), lower_acl(ep, port, bits[0], bits[1], schema)))
+    # Services.
+    groups.append(
+        (
+            (PHASE_ADDRESSES,),
+            lower_node_addresses(node_addresses(intents.node, intents.addresses, intents.routes), schema),
+        )
+    )
+    overrides = {o.id: o for o in intents.overrides}
+    for i, svc in sorted(enumerate(intents.services), key=lambda iv: (iv[1].id, iv[0])):
+        groups.append(((PHASE_SERVICE, svc.id, i), lower_service(svc, overrides.get(svc.id), schema)))
+    groups.append(((PHASE_CONNTRACK,), lower_conntrack(intents.conntrack, schema)))
+    # Routes.
+    me = next((r for r in intents.routes if r.node == intents.node), None)
+    groups.append(((PHASE_HOST_ROUTES,), lower_host_routes(me, ports.host, schema)))
+    others = sorted(
+        ((i, r) for i, r in enumerate(intents.routes) if r.node != intents.node),
+        key=lambda ir: (ir[1].node, ir[0]),
+    )
+    next_hops: dict[int, str] = {}
+    if others and not ports.uplinks:
+        g = GroupOut(schema)
+        g.problems.append(NO_UPLINK)
+        groups.append(((PHASE_NO_UPLINK,), g))
+    elif others:
+        for i, r in others:
+            g, used = lower_route(r, alloc.next_hops, ports.uplinks[0], schema)
+            next_hops.update(used)
+            groups.append(((PHASE_ROUTE, r.node, i), g))
+    return _fold_groups(groups, schema, referenced, bits, next_hops, endpoints)
+
+
+def _fold_groups(
+    groups: list[tuple[tuple[object, ...], GroupOut]],
+    schema: Schema,
+    referenced: list[set[str]],
+    bits: list[dict[str, int]],
+    next_hops: dict[int, str],
+    endpoints: dict[int, str],
+) -> Lowered:
+    first: dict[EntryKey, TableEntry] = {}
+    more: dict[EntryKey, list[TableEntry]] = {}  # keys added more than once, every add in order
+    problems: list[str] = []
+    for _, g in groups:  # already in canonical order
+        problems += g.problems
+        for key, e in g.adds.items():
+            if key in first or key in g.extra:
+                more.setdefault(key, [first[key]] if key in first else []).extend(g.sequence(key))
+            first.setdefault(key, e)
+    conflicts: dict[EntryKey, list[str]] = {}
+    for key, seq in more.items():
+        found: list[str] = []
+        first[key] = fold(seq, found)
+        if found:
+            conflicts[key] = found
+    kept = list(first.values())
+    kept.sort(key=entry_order)
+    for e in kept:
+        problems += conflicts.get(e.key, ())
+    return Lowered(
+        tuple(kept),
+        tuple(overflows(table_counts(kept), schema, len(referenced[0]), len(referenced[1]))),
+        tuple(problems),
+        bits[0],
+        bits[1],
+        next_hops,
+        endpoints,
+    )
+
+
+def table_counts(entries: Iterable[TableEntry]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.table] = counts.get(e.table, 0) + 1
+    return counts
+
+
+def overflows(counts: Mapping[str, int], schema: Schema, src_sets: int, dst_sets: int) -> list[TableOverflow]:
+    """Tables over their declared size, and more referenced sets than membership bits."""
+    out = [
+        TableOverflow(t.alias, counts[t.name], t.size)
+        for t in schema.tables
+        if counts.get(t.name, 0) > t.size
+    ]
+    for label, want in (("ip set bits (ingress peers)", src_sets), ("ip set bits (egress peers)", dst_sets)):
+        if want > SET_BITS:
+            out.append(TableOverflow(label, want, SET_BITS))
+    return out
