@@ -582,10 +582,14 @@ class KVFollower:
         self.revisions: dict[str, int] = {}
         self.puts: dict[str, int] = {}  # how many times each key was written (after the snapshot)
         self._changed = asyncio.Condition()
+        self._in_sync = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> KVFollower:
+        """Returns once the bucket's current contents are read (later writes count as ``puts``)."""
         self._task = asyncio.create_task(self._follow())
+        async with asyncio.timeout(30):
+            await self._in_sync.wait()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -595,14 +599,18 @@ class KVFollower:
                 await self._task
 
     async def _follow(self) -> None:
+        live = False
         async for item in self._store.watch(""):
             if isinstance(item, InSync):
+                live = True
+                self._in_sync.set()
                 continue
             if item.value is None:
                 self.values.pop(item.key, None)
             else:
                 self.values[item.key] = item.value
-                self.puts[item.key] = self.puts.get(item.key, 0) + 1
+                if live:
+                    self.puts[item.key] = self.puts.get(item.key, 0) + 1
             self.revisions[item.key] = item.revision
             async with self._changed:
                 self._changed.notify_all()

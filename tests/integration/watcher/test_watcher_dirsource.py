@@ -15,6 +15,7 @@ from opentelemetry import metrics, trace
 
 from xpunet.bus.api import StateStore
 from xpunet.model import Kind, Pod, Service
+from xpunet.model.parse import parse_pod
 from xpunet.testing.kubeapi import KVFollower, endpoint_slice, namespace_obj, node, pod, service
 from xpunet.watcher.dirsource import DirectorySource
 from xpunet.watcher.engine import Watcher
@@ -129,3 +130,13 @@ async def test_an_object_defined_twice_survives_the_removal_of_one_file(
         # one.yaml still defines it: back to its version, not deleted
         await kvf.until(lambda v: decode_k8s(v["pod.ns1.a"]).ips == ("10.0.0.1",))  # type: ignore[union-attr]  # a Pod
         assert not source.errors
+
+
+async def test_first_scan_deletes_what_no_file_defines_any_more(tmp_path: Path, kv: StateStore) -> None:
+    # A previous run mirrored pods a and gone; gone's file was removed while nothing ran.
+    await kv.put("pod.ns1.gone", encode_object(parse_pod(pod("ns1", "gone", ip="10.0.0.9"))))
+    await kv.put("pod.ns1.a", encode_object(parse_pod(pod("ns1", "a", ip="10.0.0.1"))))
+    put(tmp_path / "one.yaml", [pod("ns1", "a", ip="10.0.0.1")])
+    async with KVFollower(kv) as kvf, watching(tmp_path, kv):
+        await kvf.until(lambda v: set(v) == {"pod.ns1.a"} | ALL_SYNCED)
+        assert kvf.puts.get("pod.ns1.a", 0) == 0  # unchanged: not rewritten

@@ -99,13 +99,17 @@ class DirectorySource:
         self.scans = 0
 
     async def run(self, feed: Feed) -> None:
+        # The first scan is a full list: whatever the bucket holds that no file defines
+        # (files removed while no watcher ran) is deleted, then each kind is marked in sync.
+        for kind in Kind:
+            feed.begin_relist(kind)
+        await self.scan(feed)
+        for kind in Kind:
+            feed.end_relist(kind, resource_version="")
+        log.info("manifests in %s loaded: %d objects", self.path, len(self._owner))
         while True:
-            await self.scan(feed)
-            if self.scans == 1:
-                for kind in Kind:
-                    feed.mark_synced(kind)
-                log.info("manifests in %s loaded: %d objects", self.path, len(self._owner))
             await self._sleep(self._poll_interval)
+            await self.scan(feed)
 
     async def scan(self, feed: Feed) -> None:
         """One poll: apply every added, changed and removed file to the feed."""
