@@ -64,7 +64,16 @@ def sctp_supported() -> bool:
 
 
 def netconf(socket_path: str) -> dict[str, Any]:
-    return {"cniVersion": CNI_VERSION, "name": "xpunet", "type": "xpunet-cni", "socket": socket_path}
+    """The network config for one node: its infra socket, and its own CNI agent socket beside it
+    (several nodes share this machine; the default agent path would be one for all of them)."""
+    agent = str(Path(socket_path).with_name("cni-agent.sock"))
+    return {
+        "cniVersion": CNI_VERSION,
+        "name": "xpunet",
+        "type": "xpunet-cni",
+        "socket": socket_path,
+        "agentSocket": agent,
+    }
 
 
 async def cni_call(
@@ -180,11 +189,3 @@ async def stop_process(proc: asyncio.subprocess.Process | None, *, grace: float 
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-
-
-def pods_by_ref(pods: list[RunningPod]) -> dict[str, RunningPod]:
-    return {p.ref: p for p in pods}
-
-
-def read_pod_dir(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir()) if path.exists() else []

@@ -143,6 +143,7 @@ def node_assignments(
     section = attach_section()
     if use_cni and section is not None:
         put(f"{section}.socket_path", str(node_dir / "infra.sock"))
+        put(f"{section}.cni_agent_socket", str(node_dir / "cni-agent.sock"))
         put(f"{section}.state_path", str(node_dir / "attach-state.json"))
         put(f"{section}.host_netns", node.netns)
         put(f"{section}.pod_cidrs", ",".join(node.pod_cidrs))
