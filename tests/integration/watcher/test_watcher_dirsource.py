@@ -137,6 +137,11 @@ async def test_first_scan_deletes_what_no_file_defines_any_more(tmp_path: Path, 
     await kv.put("pod.ns1.gone", encode_object(parse_pod(pod("ns1", "gone", ip="10.0.0.9"))))
     await kv.put("pod.ns1.a", encode_object(parse_pod(pod("ns1", "a", ip="10.0.0.1"))))
     put(tmp_path / "one.yaml", [pod("ns1", "a", ip="10.0.0.1")])
+    put(tmp_path / "broken.yaml", "- [unclosed\n")
     async with KVFollower(kv) as kvf, watching(tmp_path, kv):
+        # While a file is unreadable its objects are unknown: nothing is swept yet.
+        await kvf.until(lambda v: set(v) >= ALL_SYNCED)
+        assert "pod.ns1.gone" in kvf.values
+        (tmp_path / "broken.yaml").unlink()
         await kvf.until(lambda v: set(v) == {"pod.ns1.a"} | ALL_SYNCED)
         assert kvf.puts.get("pod.ns1.a", 0) == 0  # unchanged: not rewritten

@@ -95,19 +95,27 @@ class DirectorySource:
         self._stamps: dict[Path, _Stamp] = {}
         self._objects: dict[Path, dict[str, tuple[Kind, Mapping[str, Any]]]] = {}  # what each file last gave
         self._owner: dict[str, Path] = {}  # key → the file that last defined it
+        self._unreadable: set[Path] = set()  # files whose objects are unknown (parse errors)
         self.errors: dict[Path, str] = {}  # files (or their documents) with problems, for status and tests
         self.scans = 0
 
     async def run(self, feed: Feed) -> None:
-        # The first scan is a full list: whatever the bucket holds that no file defines
-        # (files removed while no watcher ran) is deleted, then each kind is marked in sync.
+        # The first scan is a full list: what the bucket holds that no file defines (files
+        # removed while no watcher ran) is deleted.  Not while a file is unreadable, though:
+        # its objects are unknown, and deleting them would break fail-static; the sweep
+        # waits for the first scan where every file reads.
         for kind in Kind:
             feed.begin_relist(kind)
         await self.scan(feed)
         for kind in Kind:
-            feed.end_relist(kind, resource_version="")
+            feed.mark_synced(kind)
         log.info("manifests in %s loaded: %d objects", self.path, len(self._owner))
+        swept = False
         while True:
+            if not swept and not self._unreadable:
+                for kind in Kind:
+                    feed.end_relist(kind, resource_version="")
+                swept = True
             await self._sleep(self._poll_interval)
             await self.scan(feed)
 
@@ -125,6 +133,7 @@ class DirectorySource:
             self._stamps.pop(path)
             self._objects.pop(path, None)
             self.errors.pop(path, None)
+            self._unreadable.discard(path)
         for path in sorted(current):
             if self._stamps.get(path) == current[path]:
                 continue
@@ -136,8 +145,10 @@ class DirectorySource:
                 reason = " ".join(str(exc).split())
                 log.warning("manifest %s is broken, keeping its previous objects: %s", path, reason)
                 self.errors[path] = reason
+                self._unreadable.add(path)
                 feed.metrics.malformed_file()
                 continue
+            self._unreadable.discard(path)
             for problem in loaded.problems:
                 log.warning("manifest %s: %s", path, problem)
             if loaded.problems:
