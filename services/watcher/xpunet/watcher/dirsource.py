@@ -11,7 +11,9 @@ A changed file is re-read and diffed against what it gave before; a removed
 file deletes its objects.  A file that cannot be read or parsed is reported
 (logged once per change, kept in ``errors``) and its previous objects stay in
 KV, like a malformed object from the API (see ``xpunet.watcher.state``); every
-other file still loads.
+other file still loads.  Keys the bucket holds from an earlier run that no file
+defines any more are deleted once every file reads.  One watcher per
+directory: the embedded source does no leader election.
 """
 
 from __future__ import annotations
