@@ -100,25 +100,23 @@ def decide(options: ClusterOptions) -> Wiring:
             "softipu target, verdicts from `xpunetctl trace` (the reference pipeline), no real packets"
         )
         return Wiring(False, "softipu", "none", notes)
+    # xpunet carries the packets only with both pieces: a kernel target without the CNI would
+    # fail closed on the harness's veths (ports it does not know), a CNI needs a datapath target.
     target: Target = options.target
-    if target == "kernel" and not (check := wiring.kernel_target()):
-        notes.append(f"kernel target not wired: {check.reason}; datapaths program softipu instead")
-        target = "softipu"
-    attach: AttachMode
-    if options.attach == "plain":
-        attach = "plain"
-    elif (check := wiring.cni()) and target == "kernel":
-        attach = "cni"
-    else:
-        if options.attach == "cni":
-            raise ClusterError(f"--attach cni is not possible: {check.reason or 'the kernel target is off'}")
-        reason = check.reason or "the kernel target is not wired"
-        notes.append(
-            f"pods attached by the harness's plain veths and kernel routes ({reason}): "
-            "real packets, but no xpunet policy or service load balancing on them"
-        )
-        attach = "plain"
-    return Wiring(True, target, attach, notes)
+    kernel_check, cni_check = wiring.kernel_target(), wiring.cni()
+    if options.attach != "plain" and target == "kernel" and kernel_check and cni_check:
+        return Wiring(True, "kernel", "cni", notes)
+    if options.attach == "cni":
+        reason = kernel_check.reason or cni_check.reason or "--target softipu carries no packets"
+        raise ClusterError(f"--attach cni is not possible: {reason}")
+    if target == "kernel":
+        missing = [c.reason for c in (kernel_check, cni_check) if not c] or ["--attach plain"]
+        notes.append(f"kernel target not used ({'; '.join(missing)}): datapaths program softipu")
+    notes.append(
+        "pods attached by the harness's plain veths and kernel routes: real packets, "
+        "but no xpunet policy or service load balancing on them"
+    )
+    return Wiring(True, "softipu", "plain", notes)
 
 
 class LocalCluster:
