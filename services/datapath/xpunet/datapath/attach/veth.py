@@ -142,16 +142,15 @@ class VethBackend:
 
     async def _delete(self, ipr: Any, ifname: str) -> None:
         try:
-            indexes = await ipr.link_lookup(ifname=ifname)
-            if indexes:
-                await ipr.link("del", index=indexes[0])
+            await ipr.link("del", ifname=ifname)
         except NetlinkError as exc:
             if exc.code not in (errno.ENODEV, errno.ENOENT):
                 raise BackendError(f"deleting {ifname} failed: {exc}") from exc
 
     @staticmethod
     async def _index(ipr: Any, ifname: str) -> int:
-        indexes = await ipr.link_lookup(ifname=ifname)
-        if not indexes:
-            raise BackendError(f"link {ifname} does not exist")
-        return int(indexes[0])
+        # A targeted GETLINK: looking up by name would dump every link of the host.
+        try:
+            return int((await ipr.link("get", ifname=ifname))[0]["index"])
+        except NetlinkError as exc:
+            raise BackendError(f"link {ifname} does not exist ({exc})") from exc

@@ -25,6 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 IFA_F_NODAD = 0x02  # addresses usable at once, not after duplicate address detection
 SCOPE_LINK = 253
+IFF_UP = 0x1
 NETLINK_ROUTE = 0
 
 
@@ -77,23 +78,31 @@ def pod_route(path: str) -> Any:
     return AsyncIPRoute(fileno=_socket_in(path).detach())
 
 
+async def _get(ipr: Any, ifname: str) -> Any | None:
+    """The link called `ifname`, by a targeted GETLINK (a lookup by name dumps every link)."""
+    try:
+        return (await ipr.link("get", ifname=ifname))[0]  # "get" answers a list, "dump" a stream
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+
+
 async def _lookup(ipr: Any, ifname: str) -> int | None:
-    indexes = await ipr.link_lookup(ifname=ifname)
-    return int(indexes[0]) if indexes else None
+    link = await _get(ipr, ifname)
+    return int(link["index"]) if link is not None else None
 
 
-async def _link(ipr: Any, index: int) -> Any:
-    return (await ipr.link("get", index=index))[0]  # "get" answers a list, "dump" a stream
+def _mac(link: Any) -> str:
+    return str(link.get("address") or "").lower()
 
 
 async def _ours(ipr: Any, plan: Plan) -> int | None:
     """Our vNIC in the pod: under the pod's ifname only if it has our MAC (the name may be the pod's
     own interface), else still under its host name (an ADD interrupted before the rename)."""
-    index = await _lookup(ipr, plan.ifname)
-    if index is not None:
-        mac = str((await _link(ipr, index)).get("address") or "")
-        if mac.lower() == plan.mac.lower():
-            return index
+    link = await _get(ipr, plan.ifname)
+    if link is not None and _mac(link) == plan.mac.lower():
+        return int(link["index"])
     return await _lookup(ipr, plan.device)
 
 
@@ -102,27 +111,15 @@ async def plumb(plan: Plan, netns_path: str) -> None:
     pod = pod_route(netns_path)
     host = AsyncIPRoute()
     try:
-        index = await _lookup(pod, plan.ifname)
-        if index is not None:
-            current = str((await _link(pod, index)).get("address") or "")
-            if current.lower() != plan.mac.lower():
-                raise NetnsError(f"interface {plan.ifname} already exists in {netns_path} (MAC {current})")
+        existing = await _get(pod, plan.ifname)
+        if existing is not None:
+            if _mac(existing) != plan.mac.lower():
+                raise NetnsError(
+                    f"interface {plan.ifname} already exists in {netns_path} (MAC {_mac(existing)})"
+                )
+            index = int(existing["index"])  # a repeated ADD: already moved and renamed
         else:
-            index = await _lookup(pod, plan.device)  # moved by an interrupted ADD, not yet renamed
-            if index is None:
-                host_index = await _lookup(host, plan.device)
-                if host_index is None:
-                    raise NetnsError(f"vNIC {plan.device} is in neither the host namespace nor {netns_path}")
-                fd = os.open(netns_path, os.O_RDONLY)
-                try:
-                    await host.link("set", index=host_index, net_ns_fd=fd)
-                finally:
-                    os.close(fd)
-                index = await _lookup(pod, plan.device)
-                if index is None:
-                    raise NetnsError(f"vNIC {plan.device} did not arrive in {netns_path}")
-            await pod.link("set", index=index, state="down")
-            await pod.link("set", index=index, ifname=plan.ifname, address=plan.mac, mtu=plan.mtu)
+            index = await _move(pod, host, plan, netns_path)
         await pod.link("set", index=index, state="up")
         for cidr in plan.addresses:
             iface = ipaddress.ip_interface(cidr)
@@ -143,6 +140,31 @@ async def plumb(plan: Plan, netns_path: str) -> None:
     finally:
         pod.close()
         host.close()
+
+
+async def _move(pod: Any, host: Any, plan: Plan, netns_path: str) -> int:
+    """Move the vNIC into the pod namespace, renamed and with its MAC and MTU, in one RTM_NEWLINK."""
+    stray = await _lookup(pod, plan.device)  # moved by an interrupted ADD, not yet renamed
+    if stray is not None:
+        await pod.link("set", index=stray, state="down")
+        await pod.link("set", index=stray, ifname=plan.ifname, address=plan.mac, mtu=plan.mtu)
+        return stray
+    link = await _get(host, plan.device)
+    if link is None:
+        raise NetnsError(f"vNIC {plan.device} is in neither the host namespace nor {netns_path}")
+    if link["flags"] & IFF_UP:  # a VF may be up; a netdev is renamed only when down
+        await host.link("set", index=link["index"], state="down")
+    fd = os.open(netns_path, os.O_RDONLY)
+    try:
+        await host.link(
+            "set", index=link["index"], net_ns_fd=fd, ifname=plan.ifname, address=plan.mac, mtu=plan.mtu
+        )
+    finally:
+        os.close(fd)
+    index = await _lookup(pod, plan.ifname)
+    if index is None:
+        raise NetnsError(f"vNIC {plan.device} did not arrive in {netns_path} as {plan.ifname}")
+    return index
 
 
 async def unplumb(plan: Plan, netns_path: str, *, move_back: bool) -> None:
@@ -179,12 +201,12 @@ async def inspect(netns_path: str, ifname: str) -> Observed:
     pod = pod_route(netns_path)
     seen = Observed()
     try:
-        index = await _lookup(pod, ifname)
-        if index is None:
+        link = await _get(pod, ifname)
+        if link is None:
             return seen
-        link = await _link(pod, index)
+        index = int(link["index"])
         seen.exists = True
-        seen.up = bool(link["flags"] & 1)
+        seen.up = bool(link["flags"] & IFF_UP)
         seen.mac = str(link.get("address") or "")
         seen.mtu = int(link.get("mtu") or 0)
         async for msg in await pod.addr("dump", index=index):
