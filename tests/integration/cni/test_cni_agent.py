@@ -3,6 +3,8 @@ which runs the same verbs; without a reachable agent the binary runs them itself
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +19,10 @@ pytestmark = pytest.mark.root
 
 ServerFactory = Callable[..., Awaitable[AttachServer]]
 PodNs = Callable[[], str]
+
+
+def _exists(path: str) -> bool:
+    return Path(path).exists()
 
 
 async def test_agent_runs_add_check_del(
@@ -66,3 +72,34 @@ async def test_a_dead_agent_socket_falls_back(
     add = await run_plugin(host_ns, "ADD", conf, container_id="fb", netns_name=pod_ns())
     assert add.rc == 0, add
     assert "running the verb here" in add.stderr
+
+
+async def test_standalone_agent_process(
+    server: AttachServer, settings: AttachSettings, host_ns: str, pod_ns: PodNs, tmp_path: Path
+) -> None:
+    agent_socket = str(tmp_path / "standalone.sock")
+    proc = await asyncio.create_subprocess_exec(
+        str(runtime.CNI_BIN),
+        "agent",
+        "--socket",
+        agent_socket,
+        "--netns",
+        host_ns,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+        assert b"listening" in ready
+        conf = runtime.netconf(settings.socket_path, agent_socket=agent_socket)
+        pod = pod_ns()
+        add = await run_plugin(host_ns, "ADD", conf, container_id="sa", netns_name=pod)
+        assert add.rc == 0, add
+        delete = await run_plugin(host_ns, "DEL", conf, container_id="sa", netns_name=pod)
+        assert delete.rc == 0, delete
+        assert await link_names(pod) == ["lo"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+    assert not _exists(agent_socket)  # removed on the way out

@@ -106,6 +106,7 @@ def agent_main(argv: list[str]) -> None:
     async def serve() -> None:
         agent = CniAgent(args.socket, netns=args.netns, workers=args.workers)
         await agent.start()
+        print(f"xpunet-cni agent listening on {args.socket}", flush=True)  # readiness, for supervisors
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

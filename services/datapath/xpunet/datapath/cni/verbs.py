@@ -1,15 +1,15 @@
 """The CNI verbs of `xpunet-cni` (spec 1.1: ADD, DEL, CHECK, STATUS, GC, VERSION): `run(env, stdin)`.
 
 Runs in the exec'ed plugin process, or in the resident agent (see agent.py).
-Reads CNI_* from the environment and the network config from stdin, asks the
-datapath's infra API for the pod's vNIC and addresses, plumbs the pod side
-with pyroute2 and prints the result.  Every failure prints the spec's error
-JSON and exits non-zero; an ADD that fails after the datapath attached undoes
-the pod side and detaches, so nothing is left half-attached.
+Takes the CNI_* environment and the network config, asks the datapath's
+infra API for the pod's vNIC and addresses, plumbs the pod side with pyroute2
+and returns the result JSON.  Every failure returns the spec's error JSON and
+a non-zero code; an ADD that fails after the datapath attached undoes the pod
+side and detaches, so nothing is left half-attached.
 
-Start-up matters (kubelet runs this once per pod per verb): gRPC, protobuf
-and pyroute2 are imported only by the verbs that need them, and ADD imports
-pyroute2 while its Attach call is in flight.
+gRPC, protobuf and pyroute2 are imported only by the verbs that need them
+(ADD imports pyroute2 while its Attach call is in flight): in the exec'ed
+plugin every import is paid for on each call.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def run(env: Mapping[str, str], stdin: bytes) -> tuple[int, str]:
         result = handler[inv.command](inv)
         return 0, json.dumps(result) if result is not None else ""
     except CniError as exc:
-        log.warning("%s: %s", exc.msg, exc.details) if exc.details else log.warning("%s", exc.msg)
+        log.warning("%s%s", exc.msg, f": {exc.details}" if exc.details else "")
         return 1, json.dumps(exc.to_json(version))
     except Exception as exc:  # the runtime must get the error JSON, whatever went wrong
         log.exception("unexpected failure")
