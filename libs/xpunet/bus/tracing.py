@@ -52,14 +52,9 @@ def context_from_headers(headers: Mapping[str, str] | None) -> otel_context.Cont
     return propagate.extract(carrier, context=otel_context.Context())
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """``headers[name]`` with a case-insensitive fallback (NATS keeps the sender's spelling)."""
-    value = headers.get(name)
-    if value is None and headers:
-        for key, candidate in headers.items():
-            if key.lower() == name:
-                return candidate
-    return value
+def _lowercased(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Header names lowercased: NATS keeps the sender's spelling, and names are case-insensitive."""
+    return {name.lower(): value for name, value in headers.items()}
 
 
 def parse_written_at(raw: str | None) -> float | None:
@@ -115,10 +110,17 @@ class CauseTracker:
         self._count += 1
         if not headers:
             return
-        stamped = parse_written_at(_header(headers, WRITTEN_AT_HEADER))
-        if stamped is not None and (self._earliest is None or stamped < self._earliest):
-            self._earliest = stamped
-        parent = _header(headers, TRACEPARENT)
+        parent = headers.get(TRACEPARENT)
+        if parent is None:
+            # Our producers write lowercase names (exact look-ups above are the fast path);
+            # anything else is looked up case-insensitively.
+            headers = _lowercased(headers)
+            parent = headers.get(TRACEPARENT)
+        raw_stamp = headers.get(WRITTEN_AT_HEADER)
+        if raw_stamp is not None:
+            stamped = parse_written_at(raw_stamp)
+            if stamped is not None and (self._earliest is None or stamped < self._earliest):
+                self._earliest = stamped
         if parent is None or parent in self._seen or len(self._seen) >= 4 * self._limit:
             return
         # Parsed once per distinct context (malformed ones included, so they are not re-parsed).
@@ -126,7 +128,7 @@ class CauseTracker:
         if len(self._traced) >= self._limit:
             return
         carrier = {TRACEPARENT: parent}
-        state = _header(headers, TRACESTATE)
+        state = headers.get(TRACESTATE)
         if state:
             carrier[TRACESTATE] = state
         span_context = trace.get_current_span(context_from_headers(carrier)).get_span_context()
