@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpunet.datapath.kernel.codec import parse_table, transaction
-from xpunet.datapath.kernel.render import COUNTER, ROUTE, Delta, KernelState, lpm_segments
-from xpunet.datapath.kernel.ruleset import CONTAINERS, HASH_SPACE, MARKER_COUNTER, bootstrap_script
+from xpunet.datapath.kernel.render import CHAIN, COUNTER, ROUTE, Delta, KernelState, lpm_segments
+from xpunet.datapath.kernel.ruleset import CONTAINERS, MARKER_COUNTER, bootstrap_script
 from xpunet.ir.lb import Affinity, Backend, BackendSet, Frontend, LbServicePort
 from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRule, PortRange, RuleOrigin
 from xpunet.ir.routes import NodeRoute
@@ -102,10 +102,11 @@ def test_render_from_lowered_intents() -> None:
     assert ("ep_src4", ("xv11", 0x0A000102)) in items
     assert items[(ROUTE, (4, 0x0A000103, 32))] == (None, "xv12")
     assert items[(ROUTE, (4, 0x0A000200, 24))] == (0xC0A80002, "up0")
-    shares = sorted(cast(tuple[int, int], k[1][2]) for k in items if k[0] == "fe_be4_tcp")
-    assert shares[0][0] == 0
-    assert shares[-1][1] == HASH_SPACE - 1
-    assert len(shares) == 3
+    slots = sorted(cast(int, k[1][2]) for k in items if k[0] == "fe_be4_tcp")
+    assert slots == [0, 1, 2]
+    assert items[("fe_pick4", (0x0A600007, 6, 80))] == "goto:fe4_h3"
+    assert items[("np_pick4", (6, 30007))] == "goto:np4_h3"
+    assert (CHAIN, ("fe4_h3",)) in items
     assert len([k for k in items if k[0] == "np_be4_tcp"]) == 3
     acl = [k for k in items if k[0].startswith("acl_in_b")]
     assert len(acl) == 2
@@ -115,8 +116,7 @@ def test_render_from_lowered_intents() -> None:
 
 def test_affinity_uses_the_client_hash_map() -> None:
     items = fresh(entries(affinity=True)).items()
-    assert any(k[0] == "fe_aff4_tcp" for k in items)
-    assert not any(k[0] == "fe_be4_tcp" for k in items)
+    assert items[("fe_pick4", (0x0A600007, 6, 80))] == "goto:fe4_a3"
 
 
 def test_overlapping_rules_are_cut_into_disjoint_boxes() -> None:
@@ -130,8 +130,9 @@ def test_overlapping_rules_are_cut_into_disjoint_boxes() -> None:
 def test_one_backend_change_touches_one_frontend_share_set() -> None:
     s = fresh(entries())
     delta = s.update(diff(entries(), entries(n_backends=4)).updates)
-    assert {k[0] for k in (*delta.add, *delta.delete)} == {"fe_be4_tcp", "np_be4_tcp"}
-    assert len(delta.add) == 8
+    changed = {k[0] for k in (*delta.add, *delta.delete)}
+    assert changed == {"fe_be4_tcp", "np_be4_tcp", "fe_pick4", "np_pick4", "@chain"}
+    assert len(delta.add) == 2 + 2 + 2  # a 4th slot per frontend, repointed picks, two new K=4 chains
 
 
 def test_no_change_renders_no_delta_and_rollback_restores() -> None:
@@ -176,6 +177,7 @@ def test_codec_round_trips_through_the_listing_shape() -> None:
             listing.append({kind: {"name": el["name"], "elem": el["elem"]}})
         elif "counter" in c.get("add", {}):
             listing.append({"counter": {"name": c["add"]["counter"]["name"], "packets": 0, "bytes": 0}})
+    listing += [{"chain": {"name": k[1][0]}} for k in items if k[0] == CHAIN]
     view = parse_table({"nftables": listing})
     assert view.items == {k: v for k, v in items.items() if k[0] != ROUTE}
 
@@ -196,6 +198,7 @@ def test_bootstrap_script_is_idempotent_in_shape() -> None:
         existing_counters=frozenset({MARKER_COUNTER, "ruleset_old"}),
     )
     assert "add map inet xpunet fe_be4_tcp" in first
+    assert "fe_pick4" in first
     assert "add map" not in again
     assert "delete counter inet xpunet ruleset_old" in again
     assert "flush table" not in first + again

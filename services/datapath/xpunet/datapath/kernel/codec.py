@@ -9,12 +9,12 @@ learned elements of dynamic sets), so reconciliation compares like with like.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from xpunet.datapath.kernel.render import COUNTER, ROUTE, Delta, ItemKey, Items
-from xpunet.datapath.kernel.ruleset import CONTAINERS, FAMILY, TABLE, Container
+from xpunet.datapath.kernel.render import CHAIN, COUNTER, ROUTE, Delta, Items
+from xpunet.datapath.kernel.ruleset import CONTAINERS, FAMILY, PICK_CHAIN, TABLE, Container, pick_chain_rules
 
 Json = dict[str, Any]
 
@@ -24,7 +24,9 @@ class CodecError(ValueError):
 
 
 def _addr(kind: str, value: int) -> str:
-    return str(ipaddress.IPv4Address(value) if kind == "ipv4" else ipaddress.IPv6Address(value))
+    if kind == "ipv4":  # the hot path of large transactions: ipaddress objects cost ~10 µs each
+        return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
+    return str(ipaddress.IPv6Address(value))
 
 
 def _encode_part(kind: str, part: object, interval: bool) -> object:
@@ -60,12 +62,25 @@ def _encode_value(c: Container, value: object) -> object:
 def _elements(items: Items) -> dict[str, list[object]]:
     by: dict[str, list[object]] = {}
     for (container, key), value in items.items():
-        if container in (COUNTER, ROUTE):
+        if container in (COUNTER, ROUTE, CHAIN):
             continue
         c = CONTAINERS[container]
         k = _encode_key(c, key)
         by.setdefault(container, []).append([k, _encode_value(c, value)] if c.data else k)
     return by
+
+
+ELEMENTS_PER_COMMAND = 500
+"""nft answers a single element command of many thousands of elements with ENOBUFS: split it."""
+
+
+def _element_cmds(verb: str, by: dict[str, list[object]]) -> list[Json]:
+    out: list[Json] = []
+    for name, elems in sorted(by.items()):
+        for i in range(0, len(elems), ELEMENTS_PER_COMMAND):
+            chunk = elems[i : i + ELEMENTS_PER_COMMAND]
+            out.append({verb: {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": chunk}}})
+    return out
 
 
 def _obj(kind: str, name: str, **extra: object) -> Json:
@@ -82,10 +97,8 @@ def transaction(delta: Delta) -> list[Json]:
     cmds: list[Json] = []
     for _, key in sorted(k for k in delta.add if k[0] == COUNTER):
         cmds.append({"add": _obj("counter", str(key[0]))})
-    for name, elems in sorted(_elements(delta.delete).items()):
-        cmds.append({"delete": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}})
-    for name, elems in sorted(_elements(delta.add).items()):
-        cmds.append({"add": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}})
+    cmds += _element_cmds("delete", _elements(delta.delete))
+    cmds += _element_cmds("add", _elements(delta.add))
     for container, key in sorted(k for k in delta.delete if k[0] == COUNTER):
         if (container, key) not in delta.add:
             cmds.append({"delete": _obj("counter", str(key[0]))})
@@ -153,6 +166,9 @@ def parse_table(doc: Mapping[str, Any]) -> TableView:
     """Items, container kinds and counter values from ``nft -j -n list table inet xpunet`` output."""
     view = TableView()
     for obj in doc.get("nftables", ()):
+        if "chain" in obj and PICK_CHAIN.match(obj["chain"]["name"]):
+            view.items[(CHAIN, (obj["chain"]["name"],))] = None
+            continue
         if "counter" in obj:
             c = obj["counter"]
             view.counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
@@ -175,6 +191,14 @@ def parse_table(doc: Mapping[str, Any]) -> TableView:
     return view
 
 
-def nft_items(items: Iterable[ItemKey] | Items) -> set[ItemKey]:
-    """The keys of items that live in nftables (not routes)."""
-    return {k for k in items if k[0] != ROUTE}
+def chain_scripts(delta: Delta) -> tuple[str, str]:
+    """nft scripts creating the pick chains ``delta`` adds (run before its transaction) and
+    deleting those it removes (run after, once no verdict map element jumps there)."""
+    create = []
+    for _, key in sorted(k for k in delta.add if k[0] == CHAIN):
+        name = str(key[0])
+        create.append(f"add chain {FAMILY} {TABLE} {name}")
+        create.append(f"flush chain {FAMILY} {TABLE} {name}")
+        create += [f"add rule {FAMILY} {TABLE} {name} {r}" for r in pick_chain_rules(name)]
+    delete = [f"delete chain {FAMILY} {TABLE} {k[1][0]}" for k in sorted(delta.delete) if k[0] == CHAIN]
+    return "\n".join(create), "\n".join(delete)

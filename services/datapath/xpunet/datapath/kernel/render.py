@@ -10,13 +10,16 @@ the item difference, so one endpoint change costs the same at any scale.
 
 Items are ``(container, key) → value``: an element of a set or map of the
 ``inet xpunet`` table (see ``ruleset``), a named counter (container
-``@counter``), or a route (container ``@route``).  Keys are canonical so that
+``@counter``), a pick chain (``@chain``) or a route (``@route``).  Several
+units may need the same item (a pick chain, a pod interface); it exists while
+at least one does.  Keys are canonical so that
 what nft lists back compares equal: in interval containers every non-name
 component is an inclusive ``(low, high)`` pair.
 
-Maglev is not copied bucket by bucket: a group's distinct backends each own an
-equal contiguous share of the kernel's ``jhash`` space (``ruleset.HASH_SPACE``),
-so a 10-backend service costs 10 elements per frontend instead of ~1,000.
+Maglev is not copied bucket by bucket: a group's K distinct backends fill
+slots 0..K-1 of the frontend's backend map and the kernel picks
+``jhash mod K``, so a 10-backend service costs 10 elements per frontend
+instead of ~1,000 buckets.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from xpunet.datapath.kernel.ruleset import CONTAINERS, HASH_SPACE, L4_PROTOCOLS
+from xpunet.datapath.kernel.ruleset import CONTAINERS, L4_PROTOCOLS, pick_chain_name
 from xpunet.pipeline.diff import Update
 from xpunet.pipeline.entries import EntryKey, Exact, Lpm, Range, TableEntry, Ternary
 from xpunet.pipeline.schema import FLAG_AFFINITY, FLAG_SNAT_TO_NODE, SET_BITS
@@ -37,6 +40,7 @@ Items = dict[ItemKey, object]
 Unit = tuple[object, ...]
 COUNTER = "@counter"
 ROUTE = "@route"
+CHAIN = "@chain"
 _L4_BY_NUMBER = {n: name for name, n in L4_PROTOCOLS.items()}
 
 
@@ -58,6 +62,16 @@ def counter_name(entry: TableEntry) -> str:
     """The named nft counter of an ACL entry: stable for the entry's key."""
     digest = hashlib.blake2b(repr(entry.key).encode(), digest_size=8).hexdigest()
     return f"acl_{digest}"
+
+
+_ALIASES: dict[str, str] = {}
+
+
+def _alias(table: str) -> str:
+    a = _ALIASES.get(table)
+    if a is None:
+        a = _ALIASES[table] = table.rsplit(".", 1)[-1]
+    return a
 
 
 def _exact(e: TableEntry, name: str) -> int:
@@ -119,6 +133,7 @@ class KernelState:
         self.port_names: dict[int, str] = dict(port_names or {})
         self.entries: dict[EntryKey, TableEntry] = {}
         self.units: dict[Unit, Items] = {}
+        self._refs: dict[ItemKey, int] = {}  # how many units render each item
         self.problems: dict[Unit, list[str]] = {}
         self._by_endpoint: dict[int, set[EntryKey]] = {}
         self._by_group: dict[int, set[EntryKey]] = {}  # backend_group + maglev entries
@@ -140,23 +155,24 @@ class KernelState:
 
     def _index(self, e: TableEntry, add: bool) -> list[Unit]:
         """Add or remove ``e`` from the indexes; returns the units it touches."""
+        ekey = e.key  # a property building a tuple: once per entry
 
         def idx(d: dict[int, set[EntryKey]], k: int) -> None:
             if add:
-                d.setdefault(k, set()).add(e.key)
+                d.setdefault(k, set()).add(ekey)
             else:
                 s = d.get(k)
                 if s is not None:
-                    s.discard(e.key)
+                    s.discard(ekey)
                     if not s:
                         del d[k]
 
         tbl = self._by_table.setdefault(e.table, {})
         if add:
-            tbl[e.key] = e
+            tbl[ekey] = e
         else:
-            tbl.pop(e.key, None)
-        a = e.alias
+            tbl.pop(ekey, None)
+        a = _alias(e.table)
         units: list[Unit] = []
         if a == "port_info":
             port = _exact(e, "in_port")
@@ -171,7 +187,7 @@ class KernelState:
             idx(self._by_endpoint, _exact(e, "endpoint_id"))
             units.append(("ep", _exact(e, "endpoint_id")))
         elif a.startswith("fib_"):
-            units.append(("route", e.key))
+            units.append(("route", ekey))
             if e.action.endswith("deliver_local"):
                 idx(self._by_endpoint, e.param("endpoint_id"))
                 units.append(("ep", e.param("endpoint_id")))
@@ -181,7 +197,7 @@ class KernelState:
             units += [("route", k) for k in self._fib_by_nh.get(_exact(e, "next_hop_id"), ())]
         elif a.startswith(("service_frontend", "node_port")):
             idx(self._fe_by_group, e.param("backend_group"))
-            units.append(("fe", e.key))
+            units.append(("fe", ekey))
         elif a == "backend_group" or a.startswith("maglev_backend"):
             group = _exact(e, "backend_group")
             idx(self._by_group, group)
@@ -189,7 +205,7 @@ class KernelState:
         elif a.startswith("ip_set_"):
             units.append(("ipset", a))
         elif a.startswith("node_address"):
-            units.append(("node_addr", e.key))
+            units.append(("node_addr", ekey))
         return units
 
     def set_port_names(self, names: Mapping[int, str]) -> Delta:
@@ -211,12 +227,13 @@ class KernelState:
         """Apply entry updates (INSERT/MODIFY/DELETE, idempotently); returns the item difference."""
         dirty: set[Unit] = set()
         for u in updates:
-            old = self.entries.get(u.entry.key)
+            key = u.entry.key
+            old = self.entries.get(key)
             if old is not None:
                 dirty.update(self._index(old, add=False))
-                del self.entries[old.key]
+                del self.entries[key]
             if u.kind != "DELETE":
-                self.entries[u.entry.key] = u.entry
+                self.entries[key] = u.entry
                 dirty.update(self._index(u.entry, add=True))
         return self._rerender(dirty)
 
@@ -232,16 +249,31 @@ class KernelState:
     def _rerender(self, dirty: set[Unit]) -> Delta:
         delta = Delta()
         self._backends.clear()
+        refs = self._refs
         for unit in dirty:
             problems: list[str] = []
             new = self._render(unit, problems)
             old = self.units.get(unit, {})
             for k, v in old.items():
-                if new.get(k, delta) != v:
-                    delta.delete[k] = v
+                if new.get(k, delta) == v:
+                    continue
+                refs[k] -= 1
+                if refs[k] == 0:
+                    del refs[k]
+                    if k in delta.add and delta.add[k] == v:
+                        del delta.add[k]  # added and dropped within this update
+                    else:
+                        delta.delete[k] = v
             for k, v in new.items():
-                if old.get(k, delta) != v:
-                    delta.add[k] = v
+                if old.get(k, delta) == v:
+                    continue
+                n = refs.get(k, 0)
+                refs[k] = n + 1
+                if n == 0:
+                    if delta.delete.get(k, delta) == v:
+                        del delta.delete[k]  # moved between units: nothing to do
+                    else:
+                        delta.add[k] = v
             if new:
                 self.units[unit] = new
             else:
@@ -250,10 +282,6 @@ class KernelState:
                 self.problems[unit] = problems
             else:
                 self.problems.pop(unit, None)
-        # An item moving between units is neither deleted nor added.
-        for k in [k for k, v in delta.delete.items() if delta.add.get(k, delta) == v]:
-            del delta.delete[k]
-            del delta.add[k]
         return delta
 
     # --- rendering ----------------------------------------------------------------------------
@@ -364,7 +392,7 @@ class KernelState:
                 {
                     (e.param("addr"), e.param("port"))
                     for k in self._by_group.get(group, ())
-                    if (e := self.entries[k]).alias == f"maglev_backend_v{v}"
+                    if _alias((e := self.entries[k]).table) == f"maglev_backend_v{v}"
                     and _exact(e, "bucket") < buckets
                 }
             )
@@ -372,12 +400,11 @@ class KernelState:
         if not backends:
             out[(f"{pre}_drop{v}", skey)] = None
             return out
-        container = f"{pre}_{'aff' if flags & FLAG_AFFINITY else 'be'}{v}_{l4}"
-        n = len(backends)
-        ikey = tuple((x, x) for x in fkey)
-        for i, backend in enumerate(backends):
-            share = (i * HASH_SPACE // n, (i + 1) * HASH_SPACE // n - 1)
-            out[(container, (*ikey, share))] = backend
+        chain = pick_chain_name(pre, v, bool(flags & FLAG_AFFINITY), len(backends))
+        out[(CHAIN, (chain,))] = None
+        out[(f"{pre}_pick{v}", skey)] = f"goto:{chain}"
+        for slot, backend in enumerate(backends):
+            out[(f"{pre}_be{v}_{l4}", (*fkey, slot))] = backend
         return out
 
     def _render_ipsets(self, alias: str) -> Items:

@@ -11,10 +11,12 @@ Packet walk (mirrors the pipeline, see docs/kernel-target.md):
   interface decides (``port_kind``: pod vNIC → anti-spoofing, uplink →
   on; anything else → dropped, fail closed); then frontends of services with
   no backend are rejected (TCP RST / ICMP port unreachable) or dropped.
-* ``pre_nat``/``out_nat`` (dstnat): service frontends → a backend picked by
-  ``jhash`` of the 5-tuple (or of the client address for ClientIP affinity)
-  in an interval map ``frontend . hash → backend addr . port``.  Conntrack
-  does the reverse NAT of replies.
+* ``pre_nat``/``out_nat`` (dstnat): a verdict map sends a service frontend to
+  the *pick chain* of its backend count K (``fe4_h10``: created on demand, one
+  per distinct K, not per service), which DNATs with
+  ``frontend . jhash(client addr, port) mod K`` → backend in a hash map (the
+  client address alone for ClientIP affinity).  Conntrack does the reverse
+  NAT of replies.
 * ``forward``/``input`` (filter): established flows pass; a packet from a pod
   goes through its egress ACL, a packet to a pod through the pod's ingress
   ACL.  An ACL is one rule per IP-set bit: ``peer in set b`` and
@@ -25,6 +27,7 @@ Packet walk (mirrors the pipeline, see docs/kernel-target.md):
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -33,8 +36,6 @@ from xpunet.pipeline.schema import DROP_REASONS, SET_BITS
 
 TABLE = "xpunet"
 FAMILY = "inet"
-HASH_SPACE = 1 << 30
-"""The kernel's flow hash is ``jhash(...) mod HASH_SPACE``; each backend owns a contiguous range."""
 HASH_SEED = 0x78707531  # "xpu1": equal on every node, so every kernel-target node picks alike
 PRIORITY_PRE_FILTER = -150
 SNAT_CT_MARK = 0x20000000
@@ -121,12 +122,14 @@ def _containers() -> dict[str, Container]:
             Container(f"np_drop{v}", ("proto", "port")),
             Container(f"np_snat{v}", ("proto", "port")),
         ]
+        out += [
+            Container(f"fe_pick{v}", (k, "proto", "port"), "verdict"),
+            Container(f"np_pick{v}", ("proto", "port"), "verdict"),
+        ]
         for l4 in L4_PROTOCOLS:
             out += [
-                Container(f"fe_be{v}_{l4}", (k, "port", "u32"), data, True, l4),
-                Container(f"fe_aff{v}_{l4}", (k, "port", "u32"), data, True, l4),
-                Container(f"np_be{v}_{l4}", ("port", "u32"), data, True, l4),
-                Container(f"np_aff{v}_{l4}", ("port", "u32"), data, True, l4),
+                Container(f"fe_be{v}_{l4}", (k, "port", "u32"), data, False, l4),
+                Container(f"np_be{v}_{l4}", ("port", "u32"), data, False, l4),
             ]
         for side in ("src", "dst"):
             out += [Container(f"{side}{v}_b{b}", (k,), None, True) for b in range(SET_BITS)]
@@ -164,23 +167,43 @@ _ND = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert 
 
 
 def _nat_rules() -> list[str]:
-    # Within one frontend the destination and protocol are fixed, so the client address and port are
-    # all the flow hash needs (and an IPv6 5-tuple would not fit nft's registers beside the key).
-    flow = {"ip": "jhash ip saddr . th sport", "ip6": "jhash ip6 saddr . th sport"}
-    client = {"ip": "jhash ip saddr", "ip6": "jhash ip6 saddr"}
-    mod = f"mod {HASH_SPACE} seed {HASH_SEED:#x}"
+    # The frontend picks the chain that hashes with its backend count (see pick_chain).
     out = []
     for v, p in ((4, "ip"), (6, "ip6")):
-        for l4 in L4_PROTOCOLS:
-            fe = f"meta l4proto {l4} dnat {p} to {p} daddr . th dport"
-            np = f"{p} daddr @node_addr{v} meta l4proto {l4} dnat {p} to th dport"
-            out += [
-                f"{fe} . {flow[p]} {mod} map @fe_be{v}_{l4}",
-                f"{fe} . {client[p]} {mod} map @fe_aff{v}_{l4}",
-                f"{np} . {flow[p]} {mod} map @np_be{v}_{l4}",
-                f"{np} . {client[p]} {mod} map @np_aff{v}_{l4}",
-            ]
+        out += [
+            f"{p} daddr . meta l4proto . th dport vmap @fe_pick{v}",
+            f"{p} daddr @node_addr{v} meta l4proto . th dport vmap @np_pick{v}",
+        ]
     return out
+
+
+PICK_CHAIN = re.compile(r"^(fe|np)([46])_([ha])(\d+)$")
+
+
+def pick_chain_name(kind: str, version: int, affinity: bool, backends: int) -> str:
+    """The chain that picks one of ``backends`` backends: ``fe4_h10`` (flow hash), ``np6_a3`` (client)."""
+    return f"{kind}{version}_{'a' if affinity else 'h'}{backends}"
+
+
+def pick_chain_rules(name: str) -> list[str]:
+    """DNAT rules of a pick chain: ``jhash mod K`` selects the slot in the backend map.
+
+    Within one frontend the destination and protocol are fixed, so the client
+    address and port are all the flow hash needs; ClientIP affinity hashes the
+    client address alone, so a client keeps its backend while the set is
+    unchanged.  nft needs a map per transport protocol (see Container.l4).
+    """
+    m = PICK_CHAIN.match(name)
+    if m is None:
+        raise ValueError(f"not a pick chain: {name!r}")
+    kind, v, how, k = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+    p = "ip" if v == 4 else "ip6"
+    key = f"{p} daddr . th dport" if kind == "fe" else "th dport"
+    hashed = f"jhash {p} saddr . th sport" if how == "h" else f"jhash {p} saddr"
+    return [
+        f"meta l4proto {l4} dnat {p} to {key} . {hashed} mod {k} seed {HASH_SEED:#x} map @{kind}_be{v}_{l4}"
+        for l4 in L4_PROTOCOLS
+    ]
 
 
 def _svc_check_rules() -> list[str]:
@@ -287,7 +310,7 @@ CHAINS: tuple[Chain, ...] = _chains()
 def _digest() -> str:
     text = "\n".join(f"{c.name} {c.declaration()}" for c in CONTAINERS.values())
     text += "\n".join(f"{c.name} {c.hook} {c.kind} {c.priority} {c.rules}" for c in CHAINS)
-    text += f"{STATIC_COUNTERS} {HASH_SPACE} {HASH_SEED}"
+    text += f"{STATIC_COUNTERS} {HASH_SEED} {pick_chain_rules('fe4_h1')} {pick_chain_rules('np6_a1')}"
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
