@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from xpunet.ir.keys import node_prefix
 from xpunet.ir.lb import ConntrackTimeouts, LbNodeAddresses, LbNodeOverride, LbServicePort
 from xpunet.ir.policy import IPSet, PolicyEndpoint
-from xpunet.ir.routes import NextHopKind, NodeRoute, RouteError, routes_from_nodes
+from xpunet.ir.routes import NextHopKind, NodeRoute, RouteError, node_route_key, routes_from_nodes
 from xpunet.model.objects import Node
 from xpunet.pipeline.lowering import NodeIntents, node_intents_from_kv
 from xpunet.wire import WireError, decode_k8s, decode_object
@@ -74,6 +74,7 @@ class IntentView:
     problems: dict[str, str] = field(default_factory=dict)  # key → why its value was not used
     node_list_synced: bool = False  # the watcher's sync.node marker is present
     revision: int = 0  # highest xpunet-intent revision seen
+    route_intents: int = 0  # NodeRoute values held (routes come from Nodes only while there are none)
 
     @property
     def prefixes(self) -> tuple[str, str]:
@@ -84,20 +85,28 @@ class IntentView:
         self.revision = max(self.revision, revision)
         if value is None:
             self.problems.pop(key, None)
-            return self.values.pop(key, None) is not None
+            return self._put(key, None) is not None
         try:
             obj = decode_object(value)
         except WireError as exc:
             self.problems[key] = str(exc)
-            return self.values.pop(key, None) is not None
+            return self._put(key, None) is not None
         if not isinstance(obj, INTENT_CLASSES):
             self.problems[key] = f"{type(obj).__name__} is not an intent the datapath lowers"
-            return self.values.pop(key, None) is not None
+            return self._put(key, None) is not None
         self.problems.pop(key, None)
         if self.values.get(key) == obj:
             return False
-        self.values[key] = obj
+        self._put(key, obj)
         return True
+
+    def _put(self, key: str, obj: object | None) -> object | None:
+        """Set or drop one value, keeping the count of route intents; returns the previous value."""
+        old = self.values.pop(key, None) if obj is None else self.values.get(key)
+        if obj is not None:
+            self.values[key] = obj
+        self.route_intents += isinstance(obj, NodeRoute) - isinstance(old, NodeRoute)
+        return old
 
     def apply_k8s(self, key: str, value: bytes | None) -> bool:
         """Take one xpunet-k8s entry (``node.*`` or ``sync.node``); returns whether routes may change."""
@@ -124,19 +133,27 @@ class IntentView:
         return self.uses_node_routes()
 
     def uses_node_routes(self) -> bool:
-        return self.routes_from_nodes and not any(isinstance(v, NodeRoute) for v in self.values.values())
+        return self.routes_from_nodes and not self.route_intents
+
+    def derived_routes(self) -> dict[str, NodeRoute]:
+        """Routes derived from Node objects (key → route), while no routing service publishes any."""
+        out: dict[str, NodeRoute] = {}
+        if not self.uses_node_routes():
+            return out
+        for name, node in self.nodes.items():
+            try:
+                (route,) = routes_from_nodes([node], next_hop=self.next_hop, vni=self.vni)
+            except RouteError as exc:
+                self.problems[f"xpunet-k8s node.{name}"] = str(exc)
+                continue
+            out[node_route_key(route.node)] = route
+        return out
 
     def node_intents(self) -> NodeIntents:
         values: dict[str, object] = self.values
-        if self.uses_node_routes() and self.nodes:
-            values = dict(values)
-            for name, node in self.nodes.items():
-                try:
-                    (route,) = routes_from_nodes([node], next_hop=self.next_hop, vni=self.vni)
-                except RouteError as exc:
-                    self.problems[f"xpunet-k8s node.{name}"] = str(exc)
-                    continue
-                values[f"global.routes.node.{route.node}"] = route
+        derived = self.derived_routes()
+        if derived:
+            values = dict(values) | derived
         return node_intents_from_kv(self.node, values)
 
     def local_pod_cidrs(self) -> tuple[str, ...]:

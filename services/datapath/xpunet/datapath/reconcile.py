@@ -16,6 +16,12 @@ The :class:`Reconciler` keeps the datapath's view of the target:
 datapath restart the read-back entries equal the desired ones and nothing is
 written.  Deletes of stale entries (``sweep``) are withheld until every intent
 source is in sync, so a partial view never removes live entries.
+
+Given ``changed`` (the keys whose desired entry the incremental lowering
+changed), a plan looks only at those keys, the rejected ones and the stale
+ones still waiting for the sweep: every other key is known to be applied as
+desired (the invariant every plan and record keeps), so one intent change
+costs O(its entries), not O(node).
 """
 
 from __future__ import annotations
@@ -65,13 +71,19 @@ class Reconciler:
     rejected: dict[EntryKey, Rejection] = field(default_factory=dict)
     conflicts: dict[EntryKey, TableEntry] = field(default_factory=dict)
     needs_resync: bool = True  # no read-back yet
+    _stale: set[EntryKey] = field(default_factory=set)  # applied, not desired, waiting for the sweep
+    _counts: dict[str, int] = field(default_factory=dict)  # applied entries per table alias
 
     # ------------------------------------------------------------------ view
 
     def reset(self, actual: TargetEntries) -> None:
         """Take the target's read-back as the truth (after a start, a target restart, a stale view)."""
         self.applied = {e.key: e for e in actual.owned}
+        self._counts = {}
+        for e in self.applied.values():
+            self._counts[e.alias] = self._counts.get(e.alias, 0) + 1
         self.foreign = actual.foreign
+        self._stale = set()
         # A retry is due now: the target may be a different one (restarted, new pipeline).
         self.rejected = {
             k: Rejection(r.kind, r.entry, r.code, r.message, r.retryable, r.attempts, 0.0)
@@ -85,10 +97,21 @@ class Reconciler:
 
     # ------------------------------------------------------------------ plan
 
-    def plan(self, desired: Mapping[EntryKey, TableEntry], *, sweep: bool, now: float) -> Batch:
-        """The updates that bring the target to ``desired``, minus what must wait."""
+    def plan(
+        self,
+        desired: Mapping[EntryKey, TableEntry],
+        *,
+        sweep: bool,
+        now: float,
+        changed: Iterable[EntryKey] | None = None,
+    ) -> Batch:
+        """The updates that bring the target to ``desired``, minus what must wait.
+
+        ``changed=None`` compares every key (after a read-back); otherwise only
+        ``changed`` and the keys this reconciler still owes (rejected, stale).
+        """
         applied = self.applied
-        self.conflicts = {k: e for k, e in desired.items() if k in self.foreign}
+        self.conflicts = {k: desired[k] for k in self.foreign if k in desired}
         for key in list(self.rejected):
             r = self.rejected[key]
             want = desired.get(key)
@@ -99,8 +122,25 @@ class Reconciler:
                 del self.rejected[key]  # the intent changed: a new attempt right away
         old: list[TableEntry] = []
         new: list[TableEntry] = []
-        for key, want in desired.items():
+        if changed is None:
+            keys: Iterable[EntryKey] = desired.keys() | applied.keys()
+            self._stale = set()
+        else:
+            keys = set(changed) | self._stale | self.rejected.keys()
+        stale = self._stale
+        for key in keys:
+            want = desired.get(key)
             have = applied.get(key)
+            if want is None:
+                if have is None:
+                    stale.discard(key)
+                elif not sweep:
+                    stale.add(key)
+                elif not self._waiting(key, now):
+                    stale.discard(key)
+                    old.append(have)
+                continue
+            stale.discard(key)
             if have is not None and have.action == want.action and have.params == want.params:
                 continue
             if key in self.conflicts or self._waiting(key, now):
@@ -108,10 +148,6 @@ class Reconciler:
             if have is not None:
                 old.append(have)
             new.append(want)
-        if sweep:
-            for key, have in applied.items():
-                if key not in desired and not self._waiting(key, now):
-                    old.append(have)
         return diff(old, new)
 
     def _waiting(self, key: EntryKey, now: float) -> bool:
@@ -137,7 +173,7 @@ class Reconciler:
                 self.rejected.pop(key, None)
                 continue
             if u.kind == "DELETE" and r.code == "NOT_FOUND":
-                self.applied.pop(key, None)  # already gone: that is what we wanted
+                self._unapply(key)  # already gone: that is what we wanted
                 self.rejected.pop(key, None)
                 continue
             if (u.kind, r.code) in _STALE_VIEW:
@@ -152,18 +188,22 @@ class Reconciler:
 
     def _done(self, u: Update) -> None:
         if u.kind == "DELETE":
-            self.applied.pop(u.entry.key, None)
+            self._unapply(u.entry.key)
         else:
+            if u.entry.key not in self.applied:
+                self._counts[u.entry.alias] = self._counts.get(u.entry.alias, 0) + 1
             self.applied[u.entry.key] = u.entry
+
+    def _unapply(self, key: EntryKey) -> None:
+        gone = self.applied.pop(key, None)
+        if gone is not None:
+            self._counts[gone.alias] -= 1
 
     # ---------------------------------------------------------------- report
 
     def occupancy(self) -> dict[str, int]:
-        """xpunet's entries per table alias, as acknowledged by the target."""
-        out: dict[str, int] = {}
-        for e in self.applied.values():
-            out[e.alias] = out.get(e.alias, 0) + 1
-        return out
+        """xpunet's entries per table alias, as acknowledged by the target (kept per write, O(tables))."""
+        return {alias: n for alias, n in sorted(self._counts.items()) if n}
 
     def problems(self) -> list[str]:
         lines = [r.describe() for r in self.rejected.values()]

@@ -9,10 +9,12 @@ Flow (docs/datapath.md):
    dirty and is remembered with its start time and trace context.
 2. Once every watch delivered its snapshot, the apply loop runs: wait until
    the target is writable; if its generation is new (start, target restart,
-   role change) read it back (**reconcile**); lower the intents; let the
-   :class:`~xpunet.datapath.reconcile.Reconciler` plan only the difference;
-   write the phases in order; fold the acknowledgements and rejections back.
-   Changes that arrive meanwhile are coalesced into the next pass.
+   role change) read it back (**reconcile**); re-lower only the intents that
+   changed (:class:`~xpunet.pipeline.incremental.NodeLowering`); let the
+   :class:`~xpunet.datapath.reconcile.Reconciler` plan the difference of the
+   entries that changed (every entry after a read-back); write the phases in
+   order; fold the acknowledgements and rejections back.  Changes that arrive
+   meanwhile are coalesced into the next pass.
 3. Stale xpunet entries are deleted only when every source is in sync (the
    intent watches, and the watcher's ``sync.node`` marker when routes come
    from Nodes).
@@ -43,7 +45,7 @@ from xpunet.bus.backoff import Backoff
 from xpunet.bus.errors import BusError
 from xpunet.bus.tracing import context_from_headers
 from xpunet.datapath.intents import SYNC_NODE_KEY, Change, IntentView, started_at
-from xpunet.datapath.reconcile import Reconciler, desired_by_key
+from xpunet.datapath.reconcile import Reconciler
 from xpunet.datapath.status import (
     MAX_REPORTED_REJECTIONS,
     DatapathMetrics,
@@ -52,9 +54,13 @@ from xpunet.datapath.status import (
     status_key,
 )
 from xpunet.datapath.target import Target
-from xpunet.ir.policy import PolicyEndpoint
+from xpunet.ir.keys import node_prefix
+from xpunet.ir.policy import PolicyEndpoint, endpoint_key
+from xpunet.ir.routes import NodeRoute
 from xpunet.p4rt.client import ClientSettings, TlsOptions
 from xpunet.p4rt.errors import TargetError
+from xpunet.pipeline.entries import EntryKey
+from xpunet.pipeline.incremental import NodeLowering
 from xpunet.pipeline.lowering import Lowered, NodePorts, lower
 from xpunet.runtime.context import ServiceContext
 from xpunet.runtime.settings import Settings as BaseSettings
@@ -179,12 +185,15 @@ class DatapathService:
         # "namespace/pod" → vNIC port: from the attach server (its restored records, then each Attach).
         self.ports: dict[str, int] = dict(ports or {})
         self._provisional: dict[str, PolicyEndpoint] = {}  # attached pods without a policy intent yet
+        self.lowering = NodeLowering(node, self._node_ports())
+        self._derived_routes: dict[str, NodeRoute] = {}  # routes from Nodes, as last given to the lowering
+        self._routes_dirty = True
+        self._unplanned: set[EntryKey] = set()  # desired entries changed since the last plan
         self.metrics = DatapathMetrics(meter, occupancy=self.reconciler.occupancy) if meter else None
         self._watches_pending = {"intent:" + p for p in self.view.prefixes} | {"k8s:node.", "k8s:sync."}
         self._wake = asyncio.Event()
         self._pending: list[Change] = []
         self._generation: int | None = None
-        self._lowered: Lowered | None = None
         self._applied_revision = 0
         self._passes = 0
         self._passed = asyncio.Condition()
@@ -240,9 +249,20 @@ class DatapathService:
     ) -> None:
         hdrs = dict(headers)
         if name.startswith("intent:"):
+            before = self.view.values.get(key)
             changed = self.view.apply_intent(key, value, revision)
+            if changed:
+                now = self.view.values.get(key)
+                self.lowering.set_intent(key, now)
+                if isinstance(before, NodeRoute) or isinstance(now, NodeRoute):
+                    self._routes_dirty = True  # routes from Nodes apply only while no route intent exists
+                for ep in (before, now):
+                    if isinstance(ep, PolicyEndpoint) and f"{ep.namespace}/{ep.pod}" in self._provisional:
+                        self._sync_provisional(f"{ep.namespace}/{ep.pod}")
         else:
             changed = self.view.apply_k8s(key, value)
+            if changed:
+                self._routes_dirty = True
             if key == SYNC_NODE_KEY:
                 changed = True  # may allow the sweep
         if changed:
@@ -262,6 +282,8 @@ class DatapathService:
             self._provisional[ref] = PolicyEndpoint(
                 ns, name, str(getattr(endpoint, "uid", "")), self.node, addresses, True, True
             )
+        self.lowering.set_ports(self._node_ports())
+        self._sync_provisional(ref)
         await self._apply_now()
 
     async def endpoint_detached(self, endpoint: object) -> None:
@@ -269,6 +291,8 @@ class DatapathService:
         ref = f"{ns}/{name}"
         self.ports.pop(ref, None)
         self._provisional.pop(ref, None)
+        self.lowering.set_ports(self._node_ports())
+        self._sync_provisional(ref)
         await self._apply_now()
 
     async def _apply_now(self, within: float = 10.0) -> None:
@@ -280,24 +304,45 @@ class DatapathService:
 
     # ------------------------------------------------------------- lowering
 
+    def _node_ports(self) -> NodePorts:
+        return NodePorts(dict(self.ports), host=self.options.host_port, uplinks=self.options.uplink_ports)
+
+    def _provisional_key(self, ref: str) -> str:
+        return f"{node_prefix(self.node)}provisional.{ref}"
+
+    def _sync_provisional(self, ref: str) -> None:
+        """An attached pod without a policy intent is lowered as an isolated endpoint until it arrives."""
+        ep = self._provisional.get(ref)
+        if ep is not None:
+            real = self.view.values.get(endpoint_key(self.node, ep.namespace, ep.pod))
+            if isinstance(real, PolicyEndpoint) and real.node == self.node:
+                ep = None
+        self.lowering.set_intent(self._provisional_key(ref), ep)
+
+    def _sync_routes(self) -> None:
+        """Routes derived from Node objects, given to the lowering as the intents they stand for."""
+        if not self._routes_dirty:
+            return
+        self._routes_dirty = False
+        derived = self.view.derived_routes()
+        for key in self._derived_routes.keys() - derived.keys():
+            self.lowering.set_intent(key, self.view.values.get(key))  # a route intent, or nothing
+        for key, route in derived.items():
+            self.lowering.set_intent(key, route)
+        self._derived_routes = derived
+
+    def lower_changes(self) -> set[EntryKey]:
+        """Re-lower what changed; returns the keys of the desired entries that changed."""
+        self._sync_routes()
+        changed = self.lowering.flush()
+        self._unplanned |= changed
+        return changed
+
     def desired(self) -> Lowered:
-        intents = self.view.node_intents()
-        if self._provisional:
-            have = {f"{e.namespace}/{e.pod}" for e in intents.endpoints}
-            extra = tuple(p for ref, p in self._provisional.items() if ref not in have)
-            if extra:
-                intents = type(intents)(
-                    intents.node,
-                    intents.endpoints + extra,
-                    intents.ip_sets,
-                    intents.services,
-                    intents.overrides,
-                    intents.addresses,
-                    intents.conntrack,
-                    intents.routes,
-                )
-        ports = NodePorts(dict(self.ports), host=self.options.host_port, uplinks=self.options.uplink_ports)
-        return lower(intents, ports)
+        """The reference lowering of the current intents, numbered like the incremental one (tests, tools)."""
+        self.lower_changes()
+        lowering = self.lowering
+        return lower(lowering.node_intents(), lowering.ports, allocation=lowering.allocation())
 
     # ---------------------------------------------------------------- apply
 
@@ -357,13 +402,15 @@ class DatapathService:
             with self._tracer.start_as_current_span(
                 "datapath.apply", context=parent, links=links, attributes={"xpunet.node": self.node}
             ) as span:
-                with self._tracer.start_as_current_span("datapath.lower"):
-                    lowered = self.desired()
-                    desired = desired_by_key(lowered.entries)
+                with self._tracer.start_as_current_span("datapath.lower") as lspan:
+                    lspan.set_attribute("xpunet.changed_entries", len(self.lower_changes()))
+                    desired = self.lowering.desired
+                full = False
                 if generation != self._generation or self.reconciler.needs_resync:
                     with self._tracer.start_as_current_span("datapath.reconcile"):
-                        actual = await self.target.read_entries(lowered.entries)
+                        actual = await self.target.read_entries(list(desired.values()))
                     self.reconciler.reset(actual)
+                    full = True
                     self._generation = generation
                     self._reconciles += 1
                     if self.metrics:
@@ -377,7 +424,10 @@ class DatapathService:
                         len(actual.foreign),
                     )
                 now = self._clock()
-                batch = self.reconciler.plan(desired, sweep=self.may_sweep, now=now)
+                batch = self.reconciler.plan(
+                    desired, sweep=self.may_sweep, now=now, changed=None if full else self._unplanned
+                )
+                self._unplanned = set()
                 span.set_attribute("xpunet.updates", len(batch))
                 started = time.perf_counter()
                 if len(batch):
@@ -403,7 +453,6 @@ class DatapathService:
             self._pending = changes + self._pending  # not acknowledged: measure them on the next pass
             raise
         acked = self._clock()
-        self._lowered = lowered
         self._applied_revision = max(self._applied_revision, self.view.revision)
         for c in changes:
             latency = max(0.0, acked - c.started)
@@ -460,8 +509,7 @@ class DatapathService:
             for e in rec.conflicts.values()
         ]
         rejected.sort(key=lambda r: (r.origin, r.table))
-        lowered = self._lowered
-        problems = tuple(lowered.problems) + tuple(str(o) for o in lowered.overflow) if lowered else ()
+        problems = self.lowering.problems() + tuple(str(o) for o in self.lowering.overflow())
         problems += tuple(f"{k}: {v}" for k, v in sorted(self.view.problems.items()))
         return DatapathStatus(
             node=self.node,
