@@ -25,6 +25,7 @@ from xpunet.ir.lb import (
     Backend,
     BackendSet,
     ConntrackTimeouts,
+    Family,
     Frontend,
     LbNodeAddresses,
     LbNodeOverride,
@@ -121,7 +122,7 @@ def backend_set(draw: st.DrawFn) -> BackendSet:
 @st.composite
 def service(draw: st.DrawFn) -> tuple[str, LbServicePort]:
     name = draw(st.sampled_from(("web", "db", "dns")))
-    family = draw(st.sampled_from(("ipv4", "ipv4", "ipv6")))
+    family: Family = draw(st.sampled_from(("ipv4", "ipv4", "ipv6")))
     fronts = draw(
         st.lists(
             st.one_of(
