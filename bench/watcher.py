@@ -85,7 +85,7 @@ async def child(args: argparse.Namespace) -> None:
     recorder = _LagRecorder()
     watcher = Watcher(
         store=store,
-        source=ApiSource(kube, InformerOptions(page_size=args.page_size)),
+        source=ApiSource(kube, InformerOptions(page_size=args.page_size), parse_workers=args.parse_workers),
         encode=encode_object,
         tracer=trace.get_tracer("bench"),
         metrics=recorder,
@@ -129,6 +129,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
         cmd = [sys.executable, __file__, "--child", "--nats", nats_server.url, "--bucket", bucket]
         cmd += ["--kubeconfig", str(kubeconfig), "--page-size", str(args.page_size)]
         cmd += ["--write-batch", str(args.write_batch), "--loop", args.loop]
+        cmd += ["--parse-workers", str(args.parse_workers)]
         cmd += ["--profile", args.profile] if args.profile else []
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
@@ -225,6 +226,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
         },
         "page_size": args.page_size,
         "write_batch": args.write_batch,
+        "parse_workers": args.parse_workers,
         "watcher_loop": args.loop,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -238,6 +240,7 @@ def main() -> None:
     p.add_argument("--churn-seconds", type=float, default=60.0)
     p.add_argument("--page-size", type=int, default=500)
     p.add_argument("--write-batch", type=int, default=5000)
+    p.add_argument("--parse-workers", type=int, default=0, help="worker processes decoding list pages")
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the watcher's event loop")
     p.add_argument("--profile", help="write a cProfile of the watcher up to in-sync to this file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

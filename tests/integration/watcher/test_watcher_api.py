@@ -66,10 +66,12 @@ KEYS = {
 }
 
 
-def make_watcher(store: StateStore, kube: client.ApiClient, elector: LeaderElector | None = None) -> Watcher:
+def make_watcher(
+    store: StateStore, kube: client.ApiClient, elector: LeaderElector | None = None, *, parse_workers: int = 0
+) -> Watcher:
     return Watcher(
         store=store,
-        source=ApiSource(kube, FAST),
+        source=ApiSource(kube, FAST, parse_workers=parse_workers),
         encode=encode_object,
         tracer=trace.get_tracer("test"),
         metrics=WatcherMetrics(metrics.get_meter("test")),
@@ -159,13 +161,20 @@ async def test_malformed_object_is_skipped_and_the_rest_loads(
         await kvf.until(lambda v: "pod.ns1.bad" in v)
 
 
-@pytest.mark.parametrize("as_http_status", [False, True], ids=["error-event", "http-410"])
+@pytest.mark.parametrize(
+    ("as_http_status", "parse_workers"),
+    [
+        pytest.param(False, 0, id="error-event"),
+        pytest.param(True, 0, id="http-410"),
+        pytest.param(False, 1, id="pages-decoded-in-a-worker-process"),
+    ],
+)
 async def test_relist_after_410_deletes_stale_keys(
-    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore, as_http_status: bool
+    fake_api: FakeKubeAPI, kube: client.ApiClient, kv: StateStore, as_http_status: bool, parse_workers: int
 ) -> None:
     fake_api.gone_as_http_status = as_http_status
     fake_api.apply_many(cluster())
-    watcher = make_watcher(kv, kube)
+    watcher = make_watcher(kv, kube, parse_workers=parse_workers)
     async with KVFollower(kv) as kvf, running(watcher):
         await kvf.until(synced_with(KEYS))
         source = watcher._source

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
 
 from kubernetes_asyncio import client
@@ -28,7 +30,7 @@ from xpunet.watcher.feed import Feed
 from xpunet.watcher.informer import Informer, InformerOptions
 from xpunet.watcher.leader import LeaderElector
 from xpunet.watcher.metrics import WatcherMetrics
-from xpunet.watcher.state import Encoder, MirrorState
+from xpunet.watcher.state import Encoder, ListPage, MirrorState, decode_list_page
 from xpunet.watcher.writer import KVWriter, LeadershipLostError
 
 log = logging.getLogger(__name__)
@@ -41,18 +43,43 @@ class Source(Protocol):
 
 
 class ApiSource:
-    """One informer per kind against a Kubernetes API server."""
+    """One informer per kind against a Kubernetes API server.
 
-    def __init__(self, api: client.ApiClient, options: InformerOptions | None = None) -> None:
+    With ``parse_workers`` > 0, list pages are decoded, normalised and encoded in
+    that many worker processes (spawned, not forked: the parent runs an event
+    loop and client threads), so a large initial list or relist uses more than
+    one core; watch events, few and latency-sensitive, stay in-process.
+    """
+
+    def __init__(
+        self, api: client.ApiClient, options: InformerOptions | None = None, *, parse_workers: int = 0
+    ) -> None:
         self._api = api
         self._options = options or InformerOptions()
+        self._parse_workers = parse_workers
         self.informers: dict[Kind, Informer] = {}
 
     async def run(self, feed: Feed) -> None:
-        self.informers = {k: Informer(self._api, k, feed, options=self._options) for k in Kind}
-        async with asyncio.TaskGroup() as tg:
-            for kind, informer in self.informers.items():
-                tg.create_task(informer.run(), name=f"informer-{kind}")
+        pool: ProcessPoolExecutor | None = None
+        decode = None
+        if self._parse_workers > 0:
+            pool = ProcessPoolExecutor(self._parse_workers, mp_context=multiprocessing.get_context("spawn"))
+            loop = asyncio.get_running_loop()
+
+            async def decode_in_pool(kind: Kind, body: bytes) -> ListPage:
+                return await loop.run_in_executor(pool, decode_list_page, kind, body)
+
+            decode = decode_in_pool
+        try:
+            self.informers = {
+                k: Informer(self._api, k, feed, options=self._options, decode=decode) for k in Kind
+            }
+            async with asyncio.TaskGroup() as tg:
+                for kind, informer in self.informers.items():
+                    tg.create_task(informer.run(), name=f"informer-{kind}")
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def read_bucket(store: StateStore) -> dict[str, bytes]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from xpunet.model import Kind
 from xpunet.watcher.metrics import WatcherMetrics
-from xpunet.watcher.state import MirrorState
+from xpunet.watcher.state import MirrorState, Normalised
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,12 @@ class Feed:
         self.state.upsert(kind, raw, now=self.clock())
         self._after()
 
-    def upsert_many(self, kind: Kind, raws: Iterable[Mapping[str, Any]]) -> None:
+    def apply_many(self, kind: Kind, items: Iterable[Normalised]) -> None:
+        """Objects of a list page normalised elsewhere (``decode_list_page``)."""
         now = self.clock()
         n = 0
-        for raw in raws:
-            self.state.upsert(kind, raw, now=now)
+        for item in items:
+            self.state.apply(kind, item, now=now)
             n += 1
         self.metrics.event(kind, "list", n)
         self._after()

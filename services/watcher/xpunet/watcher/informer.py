@@ -30,6 +30,7 @@ from kubernetes_asyncio import client
 from xpunet.bus.backoff import Backoff
 from xpunet.model import Kind
 from xpunet.watcher.feed import Feed
+from xpunet.watcher.state import ListPage, decode_list_page
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,13 @@ class InformerOptions:
     watch_timeout: float = 300.0  # server-side timeoutSeconds; jittered by up to +50 % per watch
     request_timeout: float = 60.0  # client-side, for list pages and watch reads beyond watch_timeout
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.2, factor=2.0, maximum=30.0))
+
+
+PageDecoder = Callable[[Kind, bytes], Awaitable[ListPage]]
+
+
+async def _decode_here(kind: Kind, body: bytes) -> ListPage:
+    return decode_list_page(kind, body)
 
 
 class GoneError(Exception):
@@ -83,6 +91,7 @@ class Informer:
         *,
         options: InformerOptions | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        decode: PageDecoder | None = None,
     ) -> None:
         cls, method = LIST_CALLS[kind]
         self._call: Callable[..., Awaitable[aiohttp.ClientResponse]] = getattr(cls(api), method)
@@ -90,6 +99,7 @@ class Informer:
         self._feed = feed
         self._opt = options or InformerOptions()
         self._sleep = sleep
+        self._decode = decode or _decode_here
         self.resource_version: str | None = None  # the last one seen; None: must (re)list
         self.lists = 0  # completed lists, for tests and logs
 
@@ -137,12 +147,11 @@ class Informer:
                     raise GoneError("continue token expired during the list")
                 if resp.status != 200:
                     raise ApiError(resp.status, body)
-            page = json.loads(body)
-            self._feed.upsert_many(self.kind, page["items"])
-            meta = page["metadata"]
-            token = meta.get("continue") or None
+            page = await self._decode(self.kind, body)
+            self._feed.apply_many(self.kind, page.items)
+            token = page.continue_token
             if token is None:
-                rv = str(meta["resourceVersion"])
+                rv = page.resource_version
                 self._feed.end_relist(self.kind, resource_version=rv)
                 self.resource_version = rv
                 self.lists += 1

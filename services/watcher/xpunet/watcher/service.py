@@ -8,6 +8,7 @@ Settings (section ``watcher``; ``--set watcher.<key>=``, ``XPUNET_WATCHER_<KEY>`
 * ``leader_election`` and ``lease_*`` — the coordination.k8s.io/v1 Lease
   (API source only); ``lease_identity`` defaults to ``<host>-<pid>``.
 * ``page_size``, ``watch_timeout`` — list pagination and server-side watch timeout.
+* ``parse_workers`` — worker processes that decode list pages (initial list, relists).
 * ``poll_interval`` — how often the manifest directory is rescanned.
 * ``write_batch`` — the most changes per KV ``put_many``.
 """
@@ -48,6 +49,7 @@ class WatcherOptions:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     page_size: int = 500
+    parse_workers: int = 0  # worker processes decoding list pages (0: in-process)
     watch_timeout: float = 300.0
     poll_interval: float = 1.0
     write_batch: int = 5000
@@ -56,10 +58,16 @@ class WatcherOptions:
         kind, _, arg = self.source.partition(":")
         if kind not in ("kube", "dir") or (kind == "dir" and not arg):
             raise ValueError(f"watcher.source: {self.source!r} is not one of kube, kube:KUBECONFIG, dir:PATH")
-        if self.page_size < 1 or self.write_batch < 1 or self.poll_interval <= 0 or self.watch_timeout < 1:
+        if (
+            self.page_size < 1
+            or self.write_batch < 1
+            or self.poll_interval <= 0
+            or self.watch_timeout < 1
+            or self.parse_workers < 0
+        ):
             raise ValueError(
                 "watcher.page_size and watcher.write_batch must be >= 1, watcher.poll_interval > 0, "
-                "watcher.watch_timeout >= 1"
+                "watcher.watch_timeout >= 1, watcher.parse_workers >= 0"
             )
         if self.leader_election:
             self.lease_options("check")  # raises ValueError naming the timings
@@ -92,7 +100,11 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         source = DirectorySource(Path(arg), poll_interval=opts.poll_interval)
     else:
         api = await api_client(arg or None)
-        source = ApiSource(api, InformerOptions(page_size=opts.page_size, watch_timeout=opts.watch_timeout))
+        source = ApiSource(
+            api,
+            InformerOptions(page_size=opts.page_size, watch_timeout=opts.watch_timeout),
+            parse_workers=opts.parse_workers,
+        )
         if opts.leader_election:
             elector = LeaderElector(api, opts.lease_options(f"{socket.gethostname()}-{os.getpid()}"))
 
