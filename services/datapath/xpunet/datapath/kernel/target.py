@@ -6,8 +6,9 @@ datapath reaches it through ``xpunet.datapath.kernel_adapter`` (its Target
 protocol).  The translation is the pure
 ``KernelState``; this class only sequences it with the two adapters:
 
-* each ``apply`` is one ``nft -j -f -`` transaction of element and counter
-  adds/deletes (never a table flush), then the route changes over netlink;
+* each ``apply`` is one nftables transaction of element and counter
+  adds/deletes (never a table flush; libnftables in-process, or the ``nft``
+  binary where the library is missing), then the route changes over netlink;
 * ``reconcile`` reads back the table and the xpunet-protocol routes, and
   changes only what differs from the desired entries — after a datapath
   restart nothing that is already right is touched, so traffic keeps flowing.
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from xpunet.datapath.kernel.codec import chain_scripts, parse_table, transaction
-from xpunet.datapath.kernel.nft import Nft
+from xpunet.datapath.kernel.nft import BackendName, Nft, choose_backend
 from xpunet.datapath.kernel.render import COUNTER, ROUTE, Delta, Items, KernelState, counter_name
 from xpunet.datapath.kernel.routes import Routes
 from xpunet.datapath.kernel.ruleset import CONTAINERS, MARKER_COUNTER, STATIC_COUNTERS, bootstrap_script
@@ -63,12 +64,20 @@ class KernelTarget:
     """Programs ``netns`` (empty: this process's namespace).
 
     ``port_names`` maps vNIC port ids to interface names in that namespace.
+    ``nft_backend``: ``"lib"`` (libnftables in-process) or ``"process"`` (the
+    ``nft`` binary); None picks libnftables when it is installed.
     """
 
-    def __init__(self, *, netns: str = "", port_names: Mapping[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        netns: str = "",
+        port_names: Mapping[int, str] | None = None,
+        nft_backend: BackendName | None = None,
+    ) -> None:
         self.netns = netns
         self.state = KernelState(port_names)
-        self._nft = Nft(netns)
+        self._nft = Nft(netns, backend=choose_backend(netns, nft_backend))
         self._routes = Routes(netns)
         self._started = False
 
@@ -90,6 +99,7 @@ class KernelTarget:
         self._started = True
 
     async def close(self) -> None:
+        await self._nft.close()
         await self._routes.close()
 
     async def _commit(self, delta: Delta) -> list[str]:

@@ -1,0 +1,143 @@
+"""The nft adapter's two backends against the real kernel: namespace placement, errors, equal results.
+
+The libnftables backend opens its netlink socket on a worker thread that
+entered the node namespace; these tests check through the ``nft`` binary
+(run in and out of the namespace) that what it writes lands there and only
+there.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from xpunet.datapath.kernel import libnft
+from xpunet.datapath.kernel.nft import LibBackend, Nft, ProcessBackend, choose_backend
+from xpunet.datapath.kernel.testbed import in_ns, sh
+from xpunet.p4rt.errors import PermanentTargetError, RetryableTargetError
+
+pytestmark = pytest.mark.root
+
+needs_lib = pytest.mark.skipif(libnft.load_library() is None, reason="libnftables.so.1 is not installed")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"xn{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def tables(ns: str | None) -> str:
+    out = in_ns(ns, "nft", "list", "tables") if ns else sh("nft", "list", "tables")
+    return out.stdout
+
+
+@needs_lib
+async def test_lib_backend_writes_only_inside_the_namespace(netns: str) -> None:
+    probe = f"probe_{secrets.token_hex(3)}"
+    nft = Nft(netns, backend=LibBackend(netns))
+    try:
+        await nft.run_script(f"add table inet {probe}")
+        assert f"table inet {probe}" in tables(netns)
+        assert f"table inet {probe}" not in tables(None)
+        # The caller's own thread never left the host namespace.
+        assert threading.current_thread() is threading.main_thread()
+    finally:
+        await nft.close()
+        sh("nft", "delete", "table", "inet", probe, check=False)
+
+
+@needs_lib
+async def test_lib_backend_follows_a_namespace_made_again_under_its_name(netns: str) -> None:
+    nft = Nft(netns, backend=LibBackend(netns))
+    try:
+        await nft.run_script("add table inet first")
+        sh("ip", "netns", "del", netns)
+        with pytest.raises(RetryableTargetError, match="network namespace"):
+            await nft.run_script("add table inet second")
+        sh("ip", "netns", "add", netns)
+        await nft.run_script("add table inet second")
+        listed = tables(netns)
+        assert "table inet second" in listed
+        assert "table inet first" not in listed  # that one went with the old namespace
+    finally:
+        await nft.close()
+
+
+@pytest.mark.parametrize("backend", ["lib", "process"])
+async def test_backends_list_apply_and_classify_errors(netns: str, backend: str) -> None:
+    if backend == "lib" and libnft.load_library() is None:
+        pytest.skip("libnftables.so.1 is not installed")
+    nft = Nft(netns, backend=LibBackend(netns) if backend == "lib" else ProcessBackend(netns))
+    try:
+        assert await nft.list_table() is None
+        await nft.run_script(
+            "add table inet xpunet\n"
+            "add set inet xpunet s { type ipv4_addr . inet_proto . inet_service; }\n"
+            "add counter inet xpunet c1"
+        )
+        await nft.apply(
+            [
+                {
+                    "add": {
+                        "element": {
+                            "family": "inet",
+                            "table": "xpunet",
+                            "name": "s",
+                            "elem": [{"concat": ["10.0.0.1", 6, 80]}],
+                        }
+                    }
+                }
+            ]
+        )
+        await nft.apply_text("add element inet xpunet s { 10.0.0.2 . 17 . 53 }")
+        doc = await nft.list_table()
+        assert doc is not None
+        sets = [o["set"] for o in doc["nftables"] if "set" in o]
+        # Numeric output (nft -n): protocols and ports as numbers.
+        assert sorted(map(str, sets[0]["elem"])) == sorted(
+            [str({"concat": ["10.0.0.1", 6, 80]}), str({"concat": ["10.0.0.2", 17, 53]})]
+        )
+        assert await nft.list_counters() == {"c1": (0, 0)}
+        with pytest.raises(PermanentTargetError, match="nosuchset"):
+            await nft.apply_text("add element inet xpunet nosuchset { 10.0.0.3 }")
+        # The failed transaction changed nothing; the context still works.
+        assert "10.0.0.3" not in str(await nft.list_table())
+        await nft.delete_table()
+        await nft.delete_table()  # idempotent
+        assert await nft.list_table() is None
+    finally:
+        await nft.close()
+
+
+@pytest.mark.parametrize("backend", ["lib", "process"])
+async def test_missing_namespace_is_retryable_not_an_empty_table(backend: str) -> None:
+    if backend == "lib" and libnft.load_library() is None:
+        pytest.skip("libnftables.so.1 is not installed")
+    ns = f"xn{secrets.token_hex(3)}-absent"
+    nft = Nft(ns, backend=LibBackend(ns) if backend == "lib" else ProcessBackend(ns))
+    try:
+        with pytest.raises(RetryableTargetError):
+            await nft.list_table()
+    finally:
+        await nft.close()
+
+
+def test_choice_of_backend_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xpunet.datapath.kernel.nft")
+    chosen = choose_backend("somens")
+    expected = "lib" if libnft.load_library() is not None else "process"
+    assert chosen.name == expected
+    assert choose_backend("somens", prefer="process").name == "process"
+    text = caplog.text
+    assert "nft process per transaction" in text
+    if expected == "lib":
+        assert "libnftables in-process" in text
