@@ -84,6 +84,14 @@ def test_matches_the_paper_algorithm(ids: list[str]) -> None:
     assert list(table) == _reference(ids, len(table))
 
 
+@pytest.mark.parametrize(("n", "size"), [(1, 251), (255, 257), (256, 257), (300, None)])
+def test_many_backends_match_the_paper_algorithm(n: int, size: int | None) -> None:
+    # Across the 255/256 boundary where the result is mapped back by bytes or by lookups.
+    ids = [f"10.4.{i // 200}.{i % 200},{80 + i % 2}" for i in range(n)]
+    table = build_table(ids, size=size)
+    assert list(table) == _reference(ids, len(table))
+
+
 @FAST
 @given(identities, st.randoms(use_true_random=False))
 def test_input_order_does_not_matter(ids: list[str], rnd: object) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xpunet.ir.lb import (
     FAMILIES,
@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 
-TableCache = dict[tuple[str, ...], tuple[int, ...]]
+Identities = tuple[str, ...]  # the backend identities a Maglev table is built from, in set order
+TableCache = dict[Identities, tuple[int, ...]]
 
 
 @dataclass(slots=True)
@@ -98,24 +99,58 @@ def _port_ok(svc: Service, index: int, sp: ServicePort, problems: list[str]) -> 
 
 
 class _Sets:
-    """Builds BackendSets, computing each distinct Maglev table once (and reusing earlier ones)."""
+    """Builds BackendSets, computing each distinct Maglev table once (and reusing earlier ones).
 
-    def __init__(self, previous: TableCache, current: TableCache) -> None:
+    With ``missing`` given, a table not cached is not built here: the set gets
+    an empty placeholder table and its identities go to ``missing``, for the
+    caller to build in one batch (several processes on a cold start) and put in
+    with :func:`with_tables`.
+    """
+
+    def __init__(self, previous: TableCache, current: TableCache, missing: set[Identities] | None) -> None:
         self._previous = previous
         self._current = current
+        self._missing = missing
 
     def make(self, backends: tuple[Backend, ...], when_empty: EmptyAction) -> BackendSet:
         if not backends:
             return BackendSet((), (), when_empty)
-        ident = tuple(b.identity for b in backends)
+        ident = tuple([b.identity for b in backends])
         table = self._current.get(ident)
         if table is None:
             table = self._previous.get(ident)
             if table is None:
-                table = build_table(ident)
+                if self._missing is None:
+                    table = build_table(ident)
+                else:
+                    self._missing.add(ident)
+                    table = ()  # placeholder, here and in the cache, until the batch is built
             self._current[ident] = table
         # when_empty matters only for an empty set; a fixed value elsewhere avoids rewrites.
         return BackendSet(backends, table)
+
+
+def _filled(bs: BackendSet, built: Mapping[Identities, tuple[int, ...]]) -> BackendSet:
+    if bs.table or not bs.backends:
+        return bs
+    return BackendSet(bs.backends, built[tuple([b.identity for b in bs.backends])])
+
+
+def with_tables(intent: LbIntent, built: Mapping[Identities, tuple[int, ...]]) -> LbIntent:
+    """``intent`` with the placeholder tables left by a deferred compile replaced from ``built``."""
+    if isinstance(intent, LbServicePort):
+        internal = _filled(intent.internal, built)
+        external = None if intent.external is None else _filled(intent.external, built)
+        if internal is intent.internal and external is intent.external:
+            return intent
+        return replace(intent, internal=internal, external=external)
+    if isinstance(intent, LbNodeOverride):
+        o_internal = None if intent.internal is None else _filled(intent.internal, built)
+        o_external = None if intent.external is None else _filled(intent.external, built)
+        if o_internal is intent.internal and o_external is intent.external:
+            return intent
+        return replace(intent, internal=o_internal, external=o_external)
+    return intent
 
 
 def compile_service(
@@ -126,11 +161,13 @@ def compile_service(
     *,
     tables: TableCache | None = None,
     previous_tables: TableCache | None = None,
+    missing: set[Identities] | None = None,
 ) -> ServiceOutput:
     """All intents of one Service.  ``service_id`` maps a key suffix to its service-port id.
 
     ``tables`` collects the Maglev tables built (keyed by backend identities);
-    ``previous_tables`` offers tables from the last compile for reuse.
+    ``previous_tables`` offers tables from the last compile for reuse.  With
+    ``missing``, tables in neither are deferred (see :class:`_Sets`).
     """
     out = ServiceOutput()
     if svc.headless or svc.type == "ExternalName":
@@ -144,7 +181,7 @@ def compile_service(
         f for f, ips in by_family.items() if any(k == "cluster_ip" for k, _ in ips)
     }
     node_port_families.update("ipv4" if f == "IPv4" else "ipv6" for f in svc.ip_families)
-    sets = _Sets(previous_tables or {}, tables if tables is not None else {})
+    sets = _Sets(previous_tables or {}, tables if tables is not None else {}, missing)
     affinity = Affinity(svc.session_affinity_timeout) if svc.session_affinity == "ClientIP" else None
     for index, sp in enumerate(svc.ports):
         if not _port_ok(svc, index, sp, problems):

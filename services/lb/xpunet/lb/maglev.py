@@ -31,6 +31,7 @@ from functools import lru_cache
 MIN_TABLE_SIZE = 251
 MAX_TABLE_SIZE = 131071  # 2**17 - 1, a prime: bounds the intent size (NATS max payload is 1 MiB)
 BUCKETS_PER_BACKEND = 100
+_LOW_64 = (1 << 64) - 1
 
 
 class MaglevError(ValueError):
@@ -66,8 +67,9 @@ def table_size(backends: int) -> int:
 @lru_cache(maxsize=1 << 18)
 def identity_hashes(identity: str) -> tuple[int, int]:
     """Two independent 64-bit hashes of a backend identity (stable across processes and machines)."""
-    digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
-    return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")
+    # The two big-endian halves of one 128-bit digest (one int conversion instead of two slices).
+    whole = int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=16).digest(), "big")
+    return whole >> 64, whole & _LOW_64
 
 
 def _quotas(weights: Sequence[int], size: int) -> list[int]:
@@ -89,6 +91,8 @@ def _fill_equal(size: int, offsets: list[int], skips: list[int]) -> list[int]:
     allocation, whole rounds without a "table full" test, the modulo replaced by
     a conditional subtraction.
     """
+    if len(offsets) == 1:
+        return [1] * size  # one backend owns every bucket whatever its permutation
     table = [0] * size
     pos = list(offsets)
     turns = list(zip(range(len(offsets)), range(1, len(offsets) + 1), skips, strict=True))
@@ -156,30 +160,37 @@ def build_table(
     n = len(identities)
     if n == 0:
         return ()
-    if weights is None:
-        weights = [1] * n
-    elif len(weights) != n:
-        raise MaglevError(f"{len(weights)} weights for {n} backends")
-    if any(w < 1 for w in weights):
-        raise MaglevError(f"weights must be positive integers, got {sorted(set(weights))}")
+    if weights is not None:
+        if len(weights) != n:
+            raise MaglevError(f"{len(weights)} weights for {n} backends")
+        if min(weights) < 1:
+            raise MaglevError(f"weights must be positive integers, got {sorted(set(weights))}")
     m = table_size(n) if size is None else size
-    if m < n or not _is_prime(m):
+    if m < n or (size is not None and not _is_prime(m)):
         raise MaglevError(f"table size {m} must be a prime >= the number of backends ({n})")
     order = sorted(range(n), key=identities.__getitem__)
-    for a, b in itertools.pairwise(order):
-        if identities[a] == identities[b]:
-            raise MaglevError(f"duplicate backend identity {identities[a]!r}")
+    if len(set(identities)) != n:
+        for a, b in itertools.pairwise(order):
+            if identities[a] == identities[b]:
+                raise MaglevError(f"duplicate backend identity {identities[a]!r}")
     offsets: list[int] = []
     skips: list[int] = []
+    skip_range = m - 1
     for i in order:
         h1, h2 = identity_hashes(identities[i])
         offsets.append(h1 % m)
-        skips.append(h2 % (m - 1) + 1)
-    canonical_weights = [weights[i] for i in order]
-    if min(canonical_weights) == max(canonical_weights):
+        skips.append(h2 % skip_range + 1)
+    canonical_weights = None if weights is None else [weights[i] for i in order]
+    if canonical_weights is None or min(canonical_weights) == max(canonical_weights):
         filled = _fill_equal(m, offsets, skips)
     else:
         filled = _fill_weighted(m, offsets, skips, canonical_weights)
-    # Buckets hold canonical index + 1; map back to the caller's indices.
+    # Buckets hold canonical index + 1; map back to the caller's indices.  Up to
+    # 255 backends a byte translation does that in C (a table is mostly built
+    # for small sets), beyond it a lookup per bucket.
+    if n < 256:
+        back_bytes = bytearray(256)
+        back_bytes[1 : n + 1] = bytes(order)
+        return tuple(bytes(filled).translate(back_bytes))
     back = [0, *order]
     return tuple(map(back.__getitem__, filled))

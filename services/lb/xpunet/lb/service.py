@@ -38,6 +38,7 @@ from xpunet.ir.lb import (
     LbRejection,
     LbServicePort,
 )
+from xpunet.lb.coldstart import ColdStart
 from xpunet.lb.state import Changes, LbCompiler
 from xpunet.model.objects import EndpointSlice, Kind, Node, Service
 from xpunet.runtime.context import ServiceContext
@@ -59,10 +60,14 @@ class LbOptions:
     conntrack_tcp_close_wait: int = 3600
     conntrack_udp: int = 30
     conntrack_udp_stream: int = 120
+    # Worker processes building the cold start's Maglev tables; None: one per spare CPU (at most 3).
+    table_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.flush_interval < 0:
             raise ValueError("lb.flush_interval must be >= 0")
+        if self.table_workers is not None and self.table_workers < 0:
+            raise ValueError("lb.table_workers must be >= 0")
         for name in ("tcp_established", "tcp_close_wait", "udp", "udp_stream"):
             if getattr(self, f"conntrack_{name}") <= 0:
                 raise ValueError(f"lb.conntrack_{name} must be > 0")
@@ -194,8 +199,10 @@ class LbService:
         metrics: _Metrics | None = None,
         tracer: Tracer | None = None,
         clock: Callable[[], float] = time.time,
+        cold: ColdStart | None = None,
     ) -> None:
         self.compiler = compiler
+        self._cold = cold  # GC pause and table workers until the first flush (xpunet.lb.coldstart)
         self._k8s = k8s
         self._intents = intents
         self._status = status
@@ -303,9 +310,20 @@ class LbService:
                 (time.perf_counter() - started) * 1000,
             )
         self.synced.set()
+        if self._cold is not None:
+            self._cold.end()
         return changes
 
     async def run(self, stopping: asyncio.Event, *, on_synced: Callable[[], None] | None = None) -> None:
+        if self._cold is not None:
+            self._cold.begin()
+        try:
+            await self._run(stopping, on_synced)
+        finally:
+            if self._cold is not None:
+                self._cold.end()
+
+    async def _run(self, stopping: asyncio.Event, on_synced: Callable[[], None] | None) -> None:
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self.consume(prefix), name=f"watch {prefix}") for prefix in self._prefixes()
@@ -337,21 +355,27 @@ async def run(ctx: ServiceContext[Settings]) -> None:
     k8s = await ctx.bus.kv(BUCKET_K8S)
     intents = await ctx.bus.kv(BUCKET_INTENT)
     status = await ctx.bus.kv(BUCKET_STATUS)
-    compiler = LbCompiler(conntrack=opts.conntrack())
-    existing, rejections = await load_existing(intents, status)
-    compiler.seed(existing, rejections)
-    logger.info(
-        "lb: starting with %s existing intents (%s service ports)",
-        len(existing),
-        sum(1 for k in existing if k.startswith(GLOBAL_SERVICE_PREFIX)),
-    )
-    service = LbService(
-        compiler,
-        k8s=k8s,
-        intents=intents,
-        status=status,
-        flush_interval=opts.flush_interval,
-        metrics=_Metrics(ctx),
-        tracer=ctx.tracer,
-    )
-    await service.run(ctx.stopping, on_synced=ctx.mark_ready)
+    cold = ColdStart(opts.table_workers)
+    cold.begin()
+    try:
+        compiler = LbCompiler(conntrack=opts.conntrack(), table_builder=cold.tables)
+        existing, rejections = await load_existing(intents, status)
+        compiler.seed(existing, rejections)
+        logger.info(
+            "lb: starting with %s existing intents (%s service ports)",
+            len(existing),
+            sum(1 for k in existing if k.startswith(GLOBAL_SERVICE_PREFIX)),
+        )
+        service = LbService(
+            compiler,
+            k8s=k8s,
+            intents=intents,
+            status=status,
+            flush_interval=opts.flush_interval,
+            metrics=_Metrics(ctx),
+            tracer=ctx.tracer,
+            cold=cold,
+        )
+        await service.run(ctx.stopping, on_synced=ctx.mark_ready)
+    finally:
+        cold.end()

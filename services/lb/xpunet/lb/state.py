@@ -17,7 +17,7 @@ watcher's inventory is in sync).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from xpunet.ir.lb import (
@@ -29,9 +29,10 @@ from xpunet.ir.lb import (
     LbServicePort,
     rejected_status_key,
 )
-from xpunet.lb.compiler import TableCache, compile_node, compile_service
+from xpunet.lb.compiler import Identities, TableCache, compile_node, compile_service, with_tables
 from xpunet.lb.endpoints import ParsedSlice, parse_slice
 from xpunet.lb.ids import ServicePortIds
+from xpunet.lb.maglev import build_table
 from xpunet.model.objects import EndpointSlice, Kind, Node, Service
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,14 @@ logger = logging.getLogger(__name__)
 ServiceRef = tuple[str, str]  # (namespace, name)
 Owner = tuple[str, ...]  # ("svc", ns, name) | ("node", name) | ("conntrack",)
 CONNTRACK_OWNER: Owner = ("conntrack",)
+
+TableBuilder = Callable[[Sequence[Identities]], Sequence[tuple[int, ...]]]
+"""Builds the Maglev tables of many backend sets at once (``build_table`` of each, in order)."""
+
+
+def build_tables(idents: Sequence[Identities]) -> list[tuple[int, ...]]:
+    """The sequential :data:`TableBuilder`."""
+    return [build_table(ident) for ident in idents]
 
 
 @dataclass(slots=True)
@@ -53,8 +62,11 @@ class Changes:
 
 
 class LbCompiler:
-    def __init__(self, *, conntrack: ConntrackTimeouts | None = None) -> None:
+    def __init__(
+        self, *, conntrack: ConntrackTimeouts | None = None, table_builder: TableBuilder = build_tables
+    ) -> None:
         self._conntrack = conntrack or ConntrackTimeouts()
+        self._build_tables = table_builder
         self._services: dict[ServiceRef, Service] = {}
         self._slices: dict[tuple[str, str], ParsedSlice] = {}
         self._slices_of: dict[ServiceRef, set[str]] = {}
@@ -155,12 +167,26 @@ class LbCompiler:
         """Recompile what is dirty; return changed intents and status reports, and sweep stale seeds."""
         changes = Changes()
         released: list[str] = []
-        for owner in sorted(self._dirty):
-            new, rejection = self._compile_owner(owner)
+        # Two passes: compile every dirty owner with the Maglev tables nobody has
+        # yet left as placeholders, build those in one batch (deduplicated across
+        # Services; the builder may spread a cold start's thousands over several
+        # processes), then put them in and diff.
+        missing: set[Identities] = set()
+        compiled = [(owner, *self._compile_owner(owner, missing)) for owner in sorted(self._dirty)]
+        self._dirty.clear()
+        if missing:
+            idents = sorted(missing)
+            built = dict(zip(idents, self._build_tables(idents), strict=True))
+            for owner, new, _ in compiled:
+                tables = self._tables_of.get((owner[1], owner[2])) if owner[0] == "svc" else None
+                if tables and any(not t for t in tables.values()):
+                    self._tables_of[(owner[1], owner[2])] = {i: t or built[i] for i, t in tables.items()}
+                    for key, value in new.items():
+                        new[key] = with_tables(value, built)
+        for owner, new, rejection in compiled:
             self._replace(owner, new, changes, released)
             if owner[0] == "svc":
                 self._report(owner[1], owner[2], rejection, changes)
-        self._dirty.clear()
         for key in sorted(self._unowned):
             changes.intents[key] = None
             self._out.pop(key, None)
@@ -176,7 +202,9 @@ class LbCompiler:
             self._ids.release(suffix)
         return changes
 
-    def _compile_owner(self, owner: Owner) -> tuple[dict[str, LbIntent], LbRejection | None]:
+    def _compile_owner(
+        self, owner: Owner, missing: set[Identities]
+    ) -> tuple[dict[str, LbIntent], LbRejection | None]:
         if owner == CONNTRACK_OWNER:
             return {CONNTRACK_KEY: self._conntrack}, None
         if owner[0] == "node":
@@ -195,7 +223,13 @@ class LbCompiler:
         slices = [self._slices[(ns, s)] for s in sorted(self._slices_of.get(ref, ()))]
         tables: TableCache = {}
         out = compile_service(
-            svc, slices, self._nodes, self._ids.get, tables=tables, previous_tables=self._tables_of.get(ref)
+            svc,
+            slices,
+            self._nodes,
+            self._ids.get,
+            tables=tables,
+            previous_tables=self._tables_of.get(ref),
+            missing=missing,
         )
         self._tables_of[ref] = tables
         if out.uses_topology:
