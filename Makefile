@@ -66,7 +66,7 @@ $(STAMP): pyproject.toml requirements.lock
 	rm -f $(GEN_STAMP)
 	touch $@
 
-$(GEN_STAMP): $(STAMP) tools/gen_protos.py $(wildcard protos/*.proto protos/**/*.proto)
+$(GEN_STAMP): $(STAMP) tools/gen_protos.py $(shell find protos -name "*.proto")
 	$(PY) tools/gen_protos.py
 	mkdir -p $(dir $@) && touch $@
 
