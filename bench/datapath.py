@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -169,7 +171,9 @@ def bench_intents(services: int, endpoints: int, table: int, policies: int) -> d
     return out
 
 
-async def node_from_empty(port: int, election_id: int, args: argparse.Namespace) -> dict[str, object]:
+async def node_from_empty(
+    port: int, election_id: int, args: argparse.Namespace, softipu_pid: int
+) -> dict[str, object]:
     from xpunet.bus.nats import connect as bus_connect
     from xpunet.datapath.intents import WRITTEN_AT_HEADER
     from xpunet.datapath.p4rt_target import P4RuntimeTarget
@@ -204,11 +208,22 @@ async def node_from_empty(port: int, election_id: int, args: argparse.Namespace)
             await service.wait_converged()
             from_empty = time.perf_counter() - start
             entries = len(service.reconciler.applied)
-            times = []
-            for i in range(args.changes):
+            rss_after_programming = {"bench_mb": rss_mb("self"), "softipu_mb": rss_mb(str(softipu_pid))}
+            times: list[float] = []
+            one_backend: list[float] = []
+            for i in range(2 * args.changes):
+                # First one backend of a service moves (a pod rescheduled: ~1/E of its buckets change),
+                # then every backend of a service is replaced (every bucket changes).
+                whole = i >= args.changes
                 s = i % args.services
                 backends = tuple(
-                    Backend(f"10.250.{i // 256 % 256}.{i % 256 + e}", 8080) for e in range(args.endpoints)
+                    Backend(
+                        f"10.250.{i // 256 % 256}.{i % 256 + e}"
+                        if whole or e == i % args.endpoints
+                        else f"10.{64 + s // 4096}.{(s // 16) % 256}.{(s % 16) * 16 + e}",
+                        8080,
+                    )
+                    for e in range(args.endpoints)
                 )
                 svc = LbServicePort(
                     id=s + 1,
@@ -229,12 +244,11 @@ async def node_from_empty(port: int, election_id: int, args: argparse.Namespace)
                     headers={WRITTEN_AT_HEADER: repr(time.time())},
                 )
                 await service.wait_converged(rev)
-                times.append((time.perf_counter() - t0) * 1000)
+                (times if whole else one_backend).append((time.perf_counter() - t0) * 1000)
             stopping.set()
             await task
         finally:
             await bus.drain()
-    times.sort()
     return {
         "services": args.services,
         "endpoints_per_service": args.endpoints,
@@ -243,12 +257,30 @@ async def node_from_empty(port: int, election_id: int, args: argparse.Namespace)
         "entries": entries,
         "from_empty_s": round(from_empty, 2),
         "from_empty_entries_per_s": round(entries / from_empty),
-        "one_change_ack": {
-            "p50_ms": round(statistics.median(times), 2),
-            "p99_ms": round(times[max(0, int(len(times) * 0.99) - 1)], 2),
-            "samples": len(times),
-        },
+        "one_change_ack": percentiles(one_backend),  # one backend of one service replaced
+        "all_backends_change_ack": percentiles(times),  # every backend of one service replaced
+        "rss_after_programming": rss_after_programming,
+        "rss_peak_bench_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p99 in ms (nearest rank) of one change → target ack."""
+    times = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(times), 2),
+        "p99_ms": round(times[max(0, math.ceil(len(times) * 0.99) - 1)], 2),
+        "max_ms": round(times[-1], 2),
+        "samples": len(times),
+    }
+
+
+def rss_mb(pid: str) -> float:
+    """Resident set size of a process (``self`` or a pid) in MiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -277,7 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 results[f"entries_batch_{batch}"] = count
             results["single_update_ack"] = await latency(port, election_id + 1, args.samples)
             if args.services:
-                results["node"] = await node_from_empty(port, election_id + 2, args)
+                results["node"] = await node_from_empty(port, election_id + 2, args, server.pid)
             return results
         finally:
             server.terminate()

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from xpunet.pipeline.entries import EntryKey, TableEntry
+from xpunet.pipeline.entries import EntryKey, Exact, FieldMatch, Lpm, Optional, Range, TableEntry, Ternary
 from xpunet.pipeline.schema import CONTROL
 
 UpdateKind = Literal["INSERT", "MODIFY", "DELETE"]
@@ -81,28 +81,51 @@ class Batch:
         return out
 
 
-def _sort_key(e: TableEntry) -> tuple[str, str]:
-    # Deterministic order inside a phase (repr of a frozen value is stable).
-    return (e.table, repr(e.match) + repr(e.priority))
+_KIND_RANK = {Exact: 0, Lpm: 1, Ternary: 2, Range: 3, Optional: 4}
+
+
+def _match_order(m: FieldMatch) -> tuple[int, int, int]:
+    if isinstance(m, Exact | Optional):
+        return (_KIND_RANK[type(m)], m.value, 0)
+    if isinstance(m, Lpm):
+        return (1, m.value, m.prefix_len)
+    if isinstance(m, Ternary):
+        return (2, m.value, m.mask)
+    return (3, m.low, m.high)
+
+
+def _sort_key(e: TableEntry) -> tuple[str, tuple[tuple[str, tuple[int, int, int]], ...], int]:
+    # Deterministic order inside a phase, numeric (a repr per entry costs more than the rest of a diff).
+    return (e.table, tuple((n, _match_order(m)) for n, m in e.match), e.priority)
 
 
 def diff(old: Iterable[TableEntry], new: Iterable[TableEntry]) -> Batch:
     """The ordered updates that turn the ``old`` entries into the ``new`` ones."""
     old_by_key: dict[EntryKey, TableEntry] = {e.key: e for e in old}
     new_by_key: dict[EntryKey, TableEntry] = {e.key: e for e in new}
-    writes: list[list[Update]] = [[] for _ in range(MAX_RANK + 1)]
-    deletes: list[list[Update]] = [[] for _ in range(MAX_RANK + 1)]
-    for key, e in sorted(new_by_key.items(), key=lambda kv: _sort_key(kv[1])):
+    updates: list[Update] = []
+    for key, e in new_by_key.items():
         before = old_by_key.get(key)
         if before is None:
-            writes[table_rank(e.table)].append(Update("INSERT", e))
+            updates.append(Update("INSERT", e))
         elif (before.action, before.params) != (e.action, e.params):
-            writes[table_rank(e.table)].append(Update("MODIFY", e))
-    for key, e in sorted(old_by_key.items(), key=lambda kv: _sort_key(kv[1])):
+            updates.append(Update("MODIFY", e))
+    for key, e in old_by_key.items():
         if key not in new_by_key:
-            deletes[table_rank(e.table)].append(Update("DELETE", e))
-    phases = [tuple(p) for p in writes if p] + [tuple(p) for p in reversed(deletes) if p]
-    return Batch(tuple(phases))
+            updates.append(Update("DELETE", e))
+    return phased(updates)
+
+
+def phased(updates: Iterable[Update]) -> Batch:
+    """Updates (at most one per key) in phases: writes by rising rank, then deletes by falling rank."""
+    writes: list[list[Update]] = [[] for _ in range(MAX_RANK + 1)]
+    deletes: list[list[Update]] = [[] for _ in range(MAX_RANK + 1)]
+    for u in updates:
+        (deletes if u.kind == "DELETE" else writes)[table_rank(u.entry.table)].append(u)
+    phases = [p for p in writes if p] + [p for p in reversed(deletes) if p]
+    for p in phases:
+        p.sort(key=lambda u: _sort_key(u.entry))
+    return Batch(tuple(tuple(p) for p in phases))
 
 
 def apply_batch(entries: Iterable[TableEntry], batch: Batch) -> set[TableEntry]:

@@ -112,6 +112,27 @@ class _Merge:
             self.with_problems.add(gk)
         else:
             self.with_problems.discard(gk)
+        delta = new.delta if new is not None else None
+        if new is not None:
+            new.delta = None  # drop the reference: outputs must not chain back through history
+        if delta is not None and delta[0] is old and old is not None and new is not None:
+            # Every key outside delta[1] holds the very same entry object in old and new,
+            # and neither has repeated keys (``extra``), so a key only this group adds is simply set.
+            old_adds, new_adds, shared = old.adds, new.adds, self._shared
+            for k in delta[1]:
+                o = old_adds.get(k)
+                e = new_adds.get(k)
+                if e is None:
+                    if o is not None:
+                        self._drop(gk, k)
+                elif o is None:
+                    self._take(gk, k)
+                elif o is not e:
+                    if shared and k in shared:
+                        self.refresh(k)
+                    else:
+                        self._set(k, e)
+            return
         old_adds = old.adds if old is not None else {}
         new_adds = new.adds if new is not None else {}
         for k in old_adds:
@@ -165,6 +186,18 @@ class _Merge:
         if gone is not None:
             self.counts[gone.table] -= 1
             self.changed.add(k)
+
+    def _set(self, k: EntryKey, e: TableEntry) -> None:
+        """The sole, unrepeated add on ``k`` is now ``e``."""
+        desired = self.desired
+        before = desired.get(k)
+        if before is None:
+            self.counts[e.table] = self.counts.get(e.table, 0) + 1
+        elif before == e and before.origin == e.origin:
+            desired[k] = e
+            return
+        desired[k] = e
+        self.changed.add(k)
 
     def refresh(self, k: EntryKey) -> None:
         """Fold every add on ``k`` again, in group order."""
@@ -553,7 +586,8 @@ class NodeLowering:
             self._svc_group[key] = gk
             held = self._overrides.get(svc.id)
             ov = held[max(held)] if held else None
-            self._merge.replace(gk, lower_service(svc, ov, self.schema))
+            previous = self._merge.groups.get(gk) if before == gk else None
+            self._merge.replace(gk, lower_service(svc, ov, self.schema, previous))
 
     def _my_routes(self) -> list[NodeRoute]:
         keys = sorted(k for k, v in self.values.items() if isinstance(v, NodeRoute) and v.node == self.node)

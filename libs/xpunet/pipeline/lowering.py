@@ -213,15 +213,24 @@ class GroupOut:
     later ones on the same key (rare: two rules of one pod allowing the same
     traffic), so folding groups in order sees every add in the same order as
     one sequential pass would.
+
+    A service's Maglev buckets are also kept in ``bulk`` (backend group →
+    entries in bucket order).  Re-lowered with its previous output, a service
+    whose groups keep their sizes reuses the unchanged bucket entries and
+    copies the previous ``adds``; ``delta`` then names the previous output and
+    the only keys that may differ, so merging it costs O(changed buckets).
     """
 
-    __slots__ = ("adds", "extra", "problems", "schema")
+    __slots__ = ("adds", "bulk", "delta", "extra", "problems", "schema", "small")
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self.adds: dict[EntryKey, TableEntry] = {}
         self.extra: dict[EntryKey, list[TableEntry]] = {}
         self.problems: list[str] = []
+        self.bulk: dict[int, list[TableEntry]] = {}
+        self.small: list[EntryKey] = []  # keys of the adds not in bulk
+        self.delta: tuple[GroupOut, set[EntryKey]] | None = None
 
     def put(self, e: TableEntry) -> None:
         key = e.key
@@ -509,24 +518,70 @@ def service_origin(svc: LbServicePort) -> str:
     return f"service {svc.namespace}/{svc.service} {svc.protocol.lower()}/{svc.port} {svc.family}"
 
 
-def lower_service(svc: LbServicePort, ov: LbNodeOverride | None, schema: Schema = SCHEMA) -> GroupOut:
-    """One service port: its frontends, backend groups and every Maglev bucket, or nothing and a problem."""
+def lower_service(
+    svc: LbServicePort,
+    ov: LbNodeOverride | None,
+    schema: Schema = SCHEMA,
+    previous: GroupOut | None = None,
+) -> GroupOut:
+    """One service port: its frontends, backend groups and every Maglev bucket, or nothing and a problem.
+
+    ``previous``: this service's last output, whose unchanged buckets are reused (see :class:`GroupOut`).
+    """
     g = GroupOut(schema)
     origin = service_origin(svc)
     try:
-        _lower_service(g, svc, ov, origin)
+        changed = _lower_service(g, svc, ov, origin, previous)
     except ValueError as exc:
         # All or nothing: a bad intent adds no half a service.
         g = GroupOut(schema)
         g.problems.append(f"{origin}: {exc}; not programmed")
+        return g
+    small = g.adds
+    g.small = list(small)
+    if (
+        changed is not None
+        and previous is not None
+        and previous.bulk.keys() == g.bulk.keys()
+        and not previous.extra
+        and not g.extra
+    ):
+        adds = dict(previous.adds)  # a C-level copy: unchanged buckets are not hashed again
+        touched: set[EntryKey] = set()
+        for k in previous.small:
+            del adds[k]
+            touched.add(k)
+        for e in changed:
+            k = e.key
+            adds[k] = e
+            touched.add(k)
+        for k, e in small.items():
+            adds[k] = e
+            touched.add(k)
+        g.adds = adds
+        g.delta = (previous, touched)
+    else:
+        for entries in g.bulk.values():
+            for e in entries:
+                g.put(e)
     return g
 
 
-def _lower_group(g: GroupOut, group: int, bset: BackendSet, version: int, origin: str) -> None:
+def _lower_group(
+    g: GroupOut,
+    group: int,
+    bset: BackendSet,
+    version: int,
+    origin: str,
+    previous: GroupOut | None,
+    changed: list[TableEntry] | None,
+) -> list[TableEntry] | None:
+    """Add a backend group; its buckets go to ``g.bulk``.  Returns the list of new bucket entries
+    when the previous output had this group with the same layout (``changed`` extended), else None."""
     if not bset.table:
         action = "reject_empty_group" if bset.when_empty == "reject" else "drop_empty_group"
         g.add("backend_group", {"backend_group": Exact(group)}, action, origin=origin)
-        return
+        return changed
     fam = family_suffix(version)
     # The hot path (a thousand buckets per group): names checked once by the layout, values
     # once per group and per backend, then entries are built directly.
@@ -548,18 +603,36 @@ def _lower_group(g: GroupOut, group: int, bset: BackendSet, version: int, origin
             raise ValueError(f"backend {be.ip} is not IPv{version}")
         params.append(layout.check_params({"addr": addr, "port": be.port}))
     table, action, n = layout.table, layout.action, len(params)
-    group_match = ("backend_group", Exact(group))
-    adds = g.adds
-    for bucket, idx in enumerate(bset.table):
-        if not 0 <= idx < n:
-            raise ValueError(f"bucket {bucket} points at backend {idx} of {n}")
-        match = (group_match, ("bucket", Exact(bucket)))
-        e = TableEntry(table, match, action, params[idx], 0, origin)
-        key = (table, match, 0)
-        if key in adds:
-            g.put(e)
-        else:
-            adds[key] = e
+    if not all(0 <= idx < n for idx in bset.table):
+        bad = next(b for b, idx in enumerate(bset.table) if not 0 <= idx < n)
+        raise ValueError(f"bucket {bad} points at backend {bset.table[bad]} of {n}")
+    before = previous.bulk.get(group) if previous is not None else None
+    entries: list[TableEntry] = []
+    if (
+        changed is not None
+        and before is not None
+        and len(before) == len(bset.table)
+        and before[0].table == table
+        and before[0].action == action
+        and before[0].origin == origin
+    ):
+        # Same layout: the same keys in the same order; build only the buckets whose backend moved.
+        for old, idx in zip(before, bset.table, strict=True):
+            p = params[idx]
+            if old.params == p:
+                entries.append(old)
+            else:
+                e = TableEntry(table, old.match, action, p, 0, origin)
+                entries.append(e)
+                changed.append(e)
+    else:
+        changed = None
+        group_match = ("backend_group", Exact(group))
+        for bucket, idx in enumerate(bset.table):
+            entries.append(
+                TableEntry(table, (group_match, ("bucket", Exact(bucket))), action, params[idx], 0, origin)
+            )
+    g.bulk[group] = entries
     g.add(
         "backend_group",
         {"backend_group": Exact(group)},
@@ -567,9 +640,12 @@ def _lower_group(g: GroupOut, group: int, bset: BackendSet, version: int, origin
         {"bucket_count": len(bset.table)},
         origin=origin,
     )
+    return changed
 
 
-def _lower_service(g: GroupOut, svc: LbServicePort, ov: LbNodeOverride | None, origin: str) -> None:
+def _lower_service(
+    g: GroupOut, svc: LbServicePort, ov: LbNodeOverride | None, origin: str, previous: GroupOut | None
+) -> list[TableEntry] | None:
     version = 4 if svc.family == "ipv4" else 6
     fam = family_suffix(version)
     internal = ov.internal if ov is not None and ov.internal is not None else svc.internal
@@ -605,9 +681,10 @@ def _lower_service(g: GroupOut, svc: LbServicePort, ov: LbNodeOverride | None, o
             "dst_port": Exact(fe.port),
         }
         fronts.append((f"service_frontend_{fam}", match, group, flags))
-    _lower_group(g, g_int, internal, version, origin)
+    changed: list[TableEntry] | None = [] if previous is not None else None
+    changed = _lower_group(g, g_int, internal, version, origin, previous, changed)
     if external is not None:
-        _lower_group(g, g_ext, external, version, origin + " (external)")
+        changed = _lower_group(g, g_ext, external, version, origin + " (external)", previous, changed)
     timeout = svc.affinity.timeout_s if svc.affinity is not None else 0
     for table, fmatch, group, flags in fronts:
         params = {
@@ -617,6 +694,7 @@ def _lower_service(g: GroupOut, svc: LbServicePort, ov: LbNodeOverride | None, o
             "affinity_timeout": timeout,
         }
         g.add(table, fmatch, "to_service", params, origin=origin)
+    return changed
 
 
 # --- conntrack ------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from xpunet.bus.backoff import Backoff
 from xpunet.datapath.target import ApplyResult, Rejected, TargetEntries
-from xpunet.pipeline.diff import Batch, Update, diff
+from xpunet.pipeline.diff import Batch, Update, phased
 from xpunet.pipeline.entries import EntryKey, TableEntry
 
 # Codes that mean "our view of the target is wrong": read it back instead of retrying blindly.
@@ -120,14 +120,17 @@ class Reconciler:
                     del self.rejected[key]  # wanted again, or gone
             elif want is None or (want.action, want.params) != (r.entry.action, r.entry.params):
                 del self.rejected[key]  # the intent changed: a new attempt right away
-        old: list[TableEntry] = []
-        new: list[TableEntry] = []
+        updates: list[Update] = []
         if changed is None:
             keys: Iterable[EntryKey] = desired.keys() | applied.keys()
             self._stale = set()
-        else:
+        elif self._stale or self.rejected:
             keys = set(changed) | self._stale | self.rejected.keys()
+        else:
+            keys = changed  # the common case: nothing owed, no copy
         stale = self._stale
+        conflicts = self.conflicts
+        waiting = bool(self.rejected)
         for key in keys:
             want = desired.get(key)
             have = applied.get(key)
@@ -136,19 +139,18 @@ class Reconciler:
                     stale.discard(key)
                 elif not sweep:
                     stale.add(key)
-                elif not self._waiting(key, now):
+                elif not (waiting and self._waiting(key, now)):
                     stale.discard(key)
-                    old.append(have)
+                    updates.append(Update("DELETE", have))
                 continue
-            stale.discard(key)
+            if stale:
+                stale.discard(key)
             if have is not None and have.action == want.action and have.params == want.params:
                 continue
-            if key in self.conflicts or self._waiting(key, now):
+            if (conflicts and key in conflicts) or (waiting and self._waiting(key, now)):
                 continue
-            if have is not None:
-                old.append(have)
-            new.append(want)
-        return diff(old, new)
+            updates.append(Update("INSERT" if have is None else "MODIFY", want))
+        return phased(updates)
 
     def _waiting(self, key: EntryKey, now: float) -> bool:
         r = self.rejected.get(key)
@@ -167,10 +169,11 @@ class Reconciler:
         fresh: list[Rejection] = []
         for u in batch.updates:
             key = u.entry.key
-            r = refused.get(key)
+            r = refused.get(key) if refused else None
             if r is None:
                 self._done(u)
-                self.rejected.pop(key, None)
+                if self.rejected:
+                    self.rejected.pop(key, None)
                 continue
             if u.kind == "DELETE" and r.code == "NOT_FOUND":
                 self._unapply(key)  # already gone: that is what we wanted

@@ -335,7 +335,10 @@ class DatapathService:
         """Re-lower what changed; returns the keys of the desired entries that changed."""
         self._sync_routes()
         changed = self.lowering.flush()
-        self._unplanned |= changed
+        if self._unplanned:
+            self._unplanned |= changed
+        else:
+            self._unplanned = changed  # the common case: no copy
         return changed
 
     def desired(self) -> Lowered:
