@@ -176,7 +176,7 @@ async def end_to_end(
         # As the service's run(ctx): GC paused and table workers until the first flush.
         cold = ColdStart(workers)
         cold.begin()
-        compiler = LbCompiler(table_builder=cold.tables)
+        compiler = LbCompiler(table_builder=cold.tables, prefetch=cold.tables.prefetch)
         existing, rejections = await load_existing(intents, status)
         compiler.seed(existing, rejections)
         service = LbService(compiler, k8s=k8s, intents=intents, status=status, flush_interval=0.0, cold=cold)

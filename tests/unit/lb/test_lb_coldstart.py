@@ -6,6 +6,7 @@ import asyncio
 import gc
 import ipaddress
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from dataclasses import replace
 
 import pytest
@@ -38,7 +39,7 @@ BATCH: list[Identities] = [_ids(1 + i % 12, i * 16) for i in range(40)] + [_ids(
 
 
 def test_worker_pool_builds_the_same_tables() -> None:
-    pool = TablePool(1, min_batch=1, chunk=3)
+    pool = TablePool(1, min_work=1, chunk_work=3000)
     try:
         got = pool(BATCH)
     finally:
@@ -47,12 +48,30 @@ def test_worker_pool_builds_the_same_tables() -> None:
     assert got == [build_table(ident) for ident in BATCH]
 
 
+def test_prefetched_tables_are_used_and_wrong_guesses_ignored() -> None:
+    pool = TablePool(1, min_work=1, chunk_work=3000)
+    try:
+        guesses = [*BATCH[:20], _ids(4, 9000)]  # the last one is never asked for
+        for ident in guesses:
+            pool.prefetch(ident)
+        # Let the workers finish what was submitted, so the count below is exact.
+        futures.wait([f for _, f in pool._early])  # the test looks inside the pool on purpose
+        submitted = sum(len(chunk) for chunk, _ in pool._early)
+        got = pool(BATCH)
+    finally:
+        pool.close()
+    assert got == [build_table(ident) for ident in BATCH]
+    assert 0 < pool.prefetched == min(submitted, 20)
+    pool.prefetch(BATCH[0])  # after close: ignored
+    assert pool(BATCH[:1]) == [build_table(BATCH[0])]
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_small_batches_without_workers_or_after_close_stay_in_process(workers: int) -> None:
-    pool = TablePool(workers, min_batch=1000)
+    pool = TablePool(workers, min_work=10**9)
     assert pool(BATCH) == [build_table(ident) for ident in BATCH]
     pool.close()
-    big = TablePool(workers, min_batch=1)
+    big = TablePool(workers, min_work=1)
     big.close()
     assert big(BATCH[:5]) == [build_table(ident) for ident in BATCH[:5]]
     assert pool.parallel_batches == big.parallel_batches == 0

@@ -28,13 +28,14 @@ from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 
 from xpunet.lb.compiler import Identities
-from xpunet.lb.maglev import build_table
+from xpunet.lb.maglev import build_table, table_size
 
 logger = logging.getLogger(__name__)
 
-MIN_PARALLEL_BATCH = 1000  # below this (~0.25 s of work) a batch is built in-process: spawning costs more
+# Work is counted in table buckets (a 10-backend table has 1,009, ~0.25 ms to fill).
+MIN_PARALLEL_WORK = 1_000_000  # below this (~0.25 s) workers are not started: spawning costs more
+CHUNK_WORK = 65_000  # buckets per task: small enough to balance, big enough to amortise the pickling
 MAX_GC_PAUSE = 60.0  # seconds: the GC comes back even if the first flush never does
-CHUNK = 64  # tables per task: small enough to balance, big enough to amortise the pickling
 
 
 def default_workers() -> int:
@@ -58,25 +59,40 @@ def _build_chunk(idents: list[Identities]) -> list[bytes | tuple[int, ...]]:
 class TablePool:
     """A :data:`xpunet.lb.state.TableBuilder` over worker processes plus the calling one.
 
-    The batch is cut into chunks, all submitted; the caller then works through
+    A batch is cut into chunks, all submitted; the caller then works through
     them from the end, taking every chunk it can still cancel (no worker has
     started it), while workers take them from the front, so both finish at
     about the same time whatever their relative speed.
+
+    :meth:`prefetch` lets the compiler name likely tables while the snapshot
+    is still being read: once ``min_work`` worth is named, workers build them
+    meanwhile, and the batch takes every one it asks for from there.  A wrong
+    guess costs a worker's time, never a wrong table (a table is a function of
+    its identities alone).
     """
 
-    def __init__(self, workers: int, *, min_batch: int = MIN_PARALLEL_BATCH, chunk: int = CHUNK) -> None:
-        if workers < 0 or chunk < 1:
-            raise ValueError("TablePool needs workers >= 0 and chunk >= 1")
+    def __init__(
+        self, workers: int, *, min_work: int = MIN_PARALLEL_WORK, chunk_work: int = CHUNK_WORK
+    ) -> None:
+        if workers < 0 or chunk_work < 1:
+            raise ValueError("TablePool needs workers >= 0 and chunk_work >= 1")
         self._workers = workers
-        self._min_batch = min_batch
-        self._chunk = chunk
+        self._min_work = min_work
+        self._chunk_work = chunk_work
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
+        self._named: list[Identities] = []  # prefetches not submitted yet
+        self._named_work = 0
+        self._named_total = 0  # work named since the start, to decide on starting workers
+        self._early: list[tuple[list[Identities], Future[list[bytes | tuple[int, ...]]]]] = []
         self.parallel_batches = 0  # batches that went to the workers (for tests and logs)
+        self.prefetched = 0  # tables a batch took from the prefetch (for tests and logs)
 
     def close(self) -> None:
-        """Stop the workers; later batches are built in-process."""
+        """Stop the workers; later batches are built in-process, prefetches ignored."""
         self._closed = True
+        self._named.clear()
+        self._early.clear()
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
@@ -89,11 +105,74 @@ class TablePool:
             )
         return self._executor
 
-    def __call__(self, idents: Sequence[Identities]) -> list[tuple[int, ...]]:
-        executor = self._pool() if len(idents) >= self._min_batch else None
+    def prefetch(self, ident: Identities) -> None:
+        """Start building this table in a worker if the cold start looks big enough to need them."""
+        if self._closed or not self._workers:
+            return
+        self._named.append(ident)
+        work = table_size(len(ident))
+        self._named_work += work
+        self._named_total += work
+        if self._named_work < self._chunk_work or (
+            self._executor is None and self._named_total < self._min_work
+        ):
+            return
+        executor = self._pool()
+        named, self._named, self._named_work = self._named, [], 0
         if executor is None:
+            return
+        try:
+            for chunk in self._chunks(named):
+                self._early.append((chunk, executor.submit(_build_chunk, chunk)))
+        except RuntimeError as exc:  # the pool broke: the batch will find out and build in-process
+            logger.warning("lb: table workers unavailable for prefetching (%s)", exc)
+
+    def _chunks(self, idents: Sequence[Identities]) -> list[list[Identities]]:
+        chunks: list[list[Identities]] = []
+        chunk: list[Identities] = []
+        work = 0
+        for ident in idents:
+            chunk.append(ident)
+            work += table_size(len(ident))
+            if work >= self._chunk_work:
+                chunks.append(chunk)
+                chunk, work = [], 0
+        if chunk:
+            chunks.append(chunk)
+        return chunks
+
+    def _take_early(self) -> dict[Identities, tuple[int, ...]]:
+        """Tables prefetched so far: finished or running chunks are waited for, queued ones dropped."""
+        found: dict[Identities, tuple[int, ...]] = {}
+        early, self._early = self._early, []
+        self._named, self._named_work = [], 0
+        for chunk, future in early:
+            if future.cancel():
+                continue
+            try:
+                tables = future.result()
+            except (CancelledError, OSError, RuntimeError):
+                continue  # built again below if needed
+            for ident, table in zip(chunk, tables, strict=True):
+                found[ident] = tuple(table) if isinstance(table, bytes) else table
+        return found
+
+    def __call__(self, idents: Sequence[Identities]) -> list[tuple[int, ...]]:
+        early = self._take_early() if self._early or self._named else {}
+        if early:
+            todo = [ident for ident in idents if ident not in early]
+            self.prefetched += len(idents) - len(todo)
+            built = dict(zip(todo, self._build(todo), strict=True))
+            return [early[ident] if ident in early else built[ident] for ident in idents]
+        return self._build(idents)
+
+    def _build(self, idents: Sequence[Identities]) -> list[tuple[int, ...]]:
+        chunks = self._chunks(idents)
+        executor = self._executor
+        if executor is None and sum(table_size(len(i)) for i in idents) >= self._min_work:
+            executor = self._pool()
+        if executor is None or len(chunks) < 2:
             return [build_table(ident) for ident in idents]
-        chunks = [list(idents[i : i + self._chunk]) for i in range(0, len(idents), self._chunk)]
         try:
             futures = [executor.submit(_build_chunk, chunk) for chunk in chunks]
         except RuntimeError as exc:  # the pool broke or shut down: build here

@@ -47,28 +47,26 @@ class ParsedSlice:
     problems: tuple[str, ...]
 
 
-_DECIMAL = frozenset("0123456789")
+_OCTETS = {str(i): i for i in range(256)}  # exactly the canonical spellings of an octet
 
 
 def _ipv4_fast(text: str) -> int | None:
     """A canonical dotted quad as an int, or None to let ``ipaddress`` decide (it is ~5x slower).
 
     Accepts exactly the strings that are already canonical: four decimal
-    octets, no leading zeros, each <= 255 (so the text is its own compressed
-    form).  Anything else (IPv6, junk, "010.1.1.1") takes the general path.
+    octets without leading zeros, each <= 255 (so the text is its own
+    compressed form).  Anything else (IPv6, junk, "010.1.1.1") takes the
+    general path.
     """
     parts = text.split(".")
     if len(parts) != 4:
         return None
-    value = 0
-    for part in parts:
-        if not part or len(part) > 3 or not _DECIMAL.issuperset(part) or (part[0] == "0" and len(part) > 1):
-            return None
-        octet = int(part)
-        if octet > 255:
-            return None
-        value = (value << 8) | octet
-    return value
+    octets = _OCTETS
+    a, b, c, d = parts
+    try:
+        return (octets[a] << 24) | (octets[b] << 16) | (octets[c] << 8) | octets[d]
+    except KeyError:
+        return None
 
 
 def parse_slice(es: EndpointSlice) -> ParsedSlice:
@@ -107,6 +105,23 @@ def parse_slice(es: EndpointSlice) -> ParsedSlice:
     return ParsedSlice(es.name, family, es, tuple(parsed), tuple(problems))
 
 
+def likely_identities(ps: ParsedSlice) -> list[tuple[str, ...]]:
+    """The backend identities a Service port this slice alone serves would get, one tuple per slice port.
+
+    Its ready endpoints in (address, port) order, as :func:`candidates` and
+    :func:`cluster_backends` give them when there is a single slice, all
+    ready, without topology narrowing: the common case, worth building the
+    Maglev table for before the Service is compiled.  Only a guess.
+    """
+    if ps.family is None:
+        return []
+    ready = sorted({pe.ip_int: pe.ip for pe in ps.endpoints if pe.endpoint.ready}.items())
+    if not ready:
+        return []
+    ports = sorted({p.port for p in ps.slice.ports if 1 <= p.port <= 65535})
+    return [tuple([f"{ip},{port}" for _, ip in ready]) for port in ports]
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A possible backend of one Service port with the conditions that decide its use."""
@@ -118,10 +133,6 @@ class Candidate:
     terminating: bool
     zone_hints: tuple[str, ...]
     node_hints: tuple[str, ...]
-
-
-def _rank(ep: Endpoint) -> int:
-    return 2 if ep.ready else 1 if ep.serving else 0
 
 
 def slice_port(ps: ParsedSlice, sp: ServicePort) -> int | None:
@@ -146,26 +157,28 @@ def candidates(sp: ServicePort, slices: Iterable[ParsedSlice]) -> tuple[list[Can
         if target is None:
             continue
         found = True
+        name = ps.name
         for pe in ps.endpoints:
             key = (pe.ip_int, target)
-            rank = _rank(pe.endpoint)
+            ep = pe.endpoint
+            rank = 2 if ep.ready else 1 if ep.serving else 0  # ready over serving over neither
             old = best.get(key)
             # Most usable conditions win; equal ones go to the lowest slice name (order-independent).
-            if old is None or rank > old[0] or (rank == old[0] and ps.name < old[1]):
-                best[key] = (rank, ps.name, pe, target)
+            if old is None or rank > old[0] or (rank == old[0] and name < old[1]):
+                best[key] = (rank, name, pe, target)
     out: list[Candidate] = []
     for key in sorted(best):
         _, _, pe, target = best[key]
         ep = pe.endpoint
         out.append(
             Candidate(
-                backend=Backend(ip=pe.ip, port=target, node=ep.node_name, zone=ep.zone),
-                sort_key=key,
-                ready=ep.ready,
-                serving=ep.serving,
-                terminating=ep.terminating,
-                zone_hints=ep.hints_for_zones,
-                node_hints=ep.hints_for_nodes,
+                Backend(pe.ip, target, ep.node_name, ep.zone),
+                key,
+                ep.ready,
+                ep.serving,
+                ep.terminating,
+                ep.hints_for_zones,
+                ep.hints_for_nodes,
             )
         )
     return out, found

@@ -358,7 +358,9 @@ async def run(ctx: ServiceContext[Settings]) -> None:
     cold = ColdStart(opts.table_workers)
     cold.begin()
     try:
-        compiler = LbCompiler(conntrack=opts.conntrack(), table_builder=cold.tables)
+        compiler = LbCompiler(
+            conntrack=opts.conntrack(), table_builder=cold.tables, prefetch=cold.tables.prefetch
+        )
         existing, rejections = await load_existing(intents, status)
         compiler.seed(existing, rejections)
         logger.info(

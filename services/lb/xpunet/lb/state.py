@@ -30,7 +30,7 @@ from xpunet.ir.lb import (
     rejected_status_key,
 )
 from xpunet.lb.compiler import Identities, TableCache, compile_node, compile_service, with_tables
-from xpunet.lb.endpoints import ParsedSlice, parse_slice
+from xpunet.lb.endpoints import ParsedSlice, likely_identities, parse_slice
 from xpunet.lb.ids import ServicePortIds
 from xpunet.lb.maglev import build_table
 from xpunet.model.objects import EndpointSlice, Kind, Node, Service
@@ -63,10 +63,17 @@ class Changes:
 
 class LbCompiler:
     def __init__(
-        self, *, conntrack: ConntrackTimeouts | None = None, table_builder: TableBuilder = build_tables
+        self,
+        *,
+        conntrack: ConntrackTimeouts | None = None,
+        table_builder: TableBuilder = build_tables,
+        prefetch: Callable[[Identities], None] | None = None,
     ) -> None:
+        """``table_builder`` builds each flush's missing Maglev tables; ``prefetch`` (optional) is
+        told the tables a new EndpointSlice will likely need, so they can be built meanwhile."""
         self._conntrack = conntrack or ConntrackTimeouts()
         self._build_tables = table_builder
+        self._prefetch = prefetch
         self._services: dict[ServiceRef, Service] = {}
         self._slices: dict[tuple[str, str], ParsedSlice] = {}
         self._slices_of: dict[ServiceRef, set[str]] = {}
@@ -126,7 +133,11 @@ class LbCompiler:
         old = self._slices.get((es.namespace, es.name))
         if old is not None and old.slice == es:
             return
-        self._slices[(es.namespace, es.name)] = parse_slice(es)
+        parsed = parse_slice(es)
+        self._slices[(es.namespace, es.name)] = parsed
+        if self._prefetch is not None:
+            for ident in likely_identities(parsed):
+                self._prefetch(ident)
         if old is not None and old.slice.service is not None and old.slice.service != es.service:
             self._detach(es.namespace, old.slice.service, es.name)
         if es.service is not None:
