@@ -34,27 +34,11 @@ from xpunet.ir.policy import IPSet, PolicyEndpoint
 from xpunet.ir.routes import NodeRoute
 from xpunet.pipeline.alloc import StableIds
 from xpunet.pipeline.entries import EntryKey, Lpm, TableEntry
-from xpunet.pipeline.lowering import (
-    NEXT_HOP_SPACE,
+from xpunet.pipeline.groups import (
     NO_UPLINK,
-    PHASE_ACL,
-    PHASE_ADDRESSES,
-    PHASE_CLASSIFY,
-    PHASE_CONNTRACK,
-    PHASE_ENDPOINT,
-    PHASE_HOST_ROUTES,
-    PHASE_NO_UPLINK,
-    PHASE_PORTS,
-    PHASE_ROUTE,
-    PHASE_SERVICE,
-    PHASE_SET,
     SIDES,
-    Allocation,
     GroupOut,
-    Lowered,
-    NodeIntents,
     NodePorts,
-    TableOverflow,
     classification_entry,
     entry_order,
     fold,
@@ -68,10 +52,28 @@ from xpunet.pipeline.lowering import (
     lower_service,
     next_hop_names,
     node_addresses,
-    overflows,
     referenced_sets,
     set_prefixes,
     set_problems,
+)
+from xpunet.pipeline.lowering import (
+    NEXT_HOP_SPACE,
+    PHASE_ACL,
+    PHASE_ADDRESSES,
+    PHASE_CLASSIFY,
+    PHASE_CONNTRACK,
+    PHASE_ENDPOINT,
+    PHASE_HOST_ROUTES,
+    PHASE_NO_UPLINK,
+    PHASE_PORTS,
+    PHASE_ROUTE,
+    PHASE_SERVICE,
+    PHASE_SET,
+    Allocation,
+    Lowered,
+    NodeIntents,
+    TableOverflow,
+    overflows,
 )
 from xpunet.pipeline.schema import SCHEMA, SET_BITS, Schema
 
