@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
 import sys
 import time
 
-from xpunet.datapath.kernel.codec import transaction
+from xpunet.datapath.kernel.codec import script
+from xpunet.datapath.kernel.nft import BackendName
 from xpunet.datapath.kernel.render import KernelState
 from xpunet.datapath.kernel.target import KernelTarget
 from xpunet.datapath.kernel.testbed import Topology, in_ns
@@ -120,7 +122,7 @@ def connects(topo: Topology, host: str, n: int) -> list[float]:
     return result
 
 
-async def one_size(n: int, changes: int, n_connects: int) -> dict[str, object]:
+async def one_size(n: int, changes: int, n_connects: int, backend: BackendName | None) -> dict[str, object]:
     # Service 0 is the measured one: its only backend is the real web pod.
     services = [service(0, [WEB[0]])] + [service(i, fake_backends(i)) for i in range(1, n)]
     t0 = time.perf_counter()
@@ -132,18 +134,22 @@ async def one_size(n: int, changes: int, n_connects: int) -> dict[str, object]:
         topo.add_pod("client", 11, *CLIENT)
         topo.add_pod("web", 12, *WEB)
         topo.serve("web", "tcp/8080")
-        kt = KernelTarget(netns=topo.node, port_names={11: "xv11", 12: "xv12"})
+        kt = KernelTarget(netns=topo.node, port_names={11: "xv11", 12: "xv12"}, nft_backend=backend)
         await kt.start()
-        # The nft part alone, on a scratch copy of the state (same transaction size as the real run).
+        # The Python parts alone, on a scratch copy of the state (same transaction as the real run).
         scratch = KernelState({11: "xv11", 12: "xv12"})
+        gc.collect()
         t0 = time.perf_counter()
         delta = scratch.update(diff((), entries).updates)
         render_s = time.perf_counter() - t0
-        cmds = transaction(delta)
+        t0 = time.perf_counter()
+        text = script(delta)
+        encode_s = time.perf_counter() - t0
+        del scratch, text
+        gc.collect()
         t0 = time.perf_counter()
         result = await kt.apply(diff((), entries))
         program_s = time.perf_counter() - t0
-        del scratch, cmds
         if result.problems or result.route_errors:
             raise SystemExit(f"apply problems: {result.problems[:3]} {result.route_errors[:3]}")
         # One endpoint change at a time on rotating services.
@@ -169,6 +175,7 @@ async def one_size(n: int, changes: int, n_connects: int) -> dict[str, object]:
         "kernel_items": len(delta),
         "lowering_s": round(lower_s, 3),
         "render_s": round(render_s, 3),
+        "encode_s": round(encode_s, 3),
         "program_from_empty_s": round(program_s, 3),
         "change_applied_p50_ms": round(pct(lat, 50) * 1e3, 2),
         "change_applied_p99_ms": round(pct(lat, 99) * 1e3, 2),
@@ -186,6 +193,9 @@ async def main() -> None:
     ap.add_argument("--sizes", default="", help="comma-separated service counts (default 100,1000,10000)")
     ap.add_argument("--changes", type=int, default=0)
     ap.add_argument("--connects", type=int, default=0)
+    ap.add_argument(
+        "--nft", choices=["lib", "process"], default=None, help="nft backend (default: lib if present)"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/kernel.py needs root (network namespaces and nftables)")
@@ -193,8 +203,14 @@ async def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else default
     changes = args.changes or (20 if args.quick else 200)
     n_connects = args.connects or (100 if args.quick else 1000)
-    results = [await one_size(n, changes, n_connects) for n in sizes]
-    print(json.dumps({"bench": "kernel", "results": results}, indent=2))
+    load_before = os.getloadavg()
+    results = [await one_size(n, changes, n_connects, args.nft) for n in sizes]
+    load = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+    print(
+        json.dumps(
+            {"bench": "kernel", "nft": args.nft or "auto", "load_average": load, "results": results}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

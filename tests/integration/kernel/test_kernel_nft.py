@@ -8,6 +8,8 @@ there.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import secrets
 import threading
@@ -16,9 +18,18 @@ from collections.abc import Iterator
 import pytest
 
 from xpunet.datapath.kernel import libnft
-from xpunet.datapath.kernel.nft import LibBackend, Nft, ProcessBackend, choose_backend
+from xpunet.datapath.kernel.nft import BackendName, LibBackend, Nft, ProcessBackend, choose_backend
+from xpunet.datapath.kernel.render import CHAIN, COUNTER, ROUTE
+from xpunet.datapath.kernel.ruleset import MARKER_COUNTER, STATIC_COUNTERS
+from xpunet.datapath.kernel.target import KernelTarget
 from xpunet.datapath.kernel.testbed import in_ns, sh
+from xpunet.ir.lb import Affinity, Backend, BackendSet, Frontend, LbServicePort
+from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRule, PortRange, RuleOrigin
+from xpunet.lb.maglev import build_table
 from xpunet.p4rt.errors import PermanentTargetError, RetryableTargetError
+from xpunet.pipeline.diff import diff
+from xpunet.pipeline.entries import TableEntry
+from xpunet.pipeline.lowering import NodeIntents, NodePorts, lower
 
 pytestmark = pytest.mark.root
 
@@ -84,20 +95,9 @@ async def test_backends_list_apply_and_classify_errors(netns: str, backend: str)
             "add set inet xpunet s { type ipv4_addr . inet_proto . inet_service; }\n"
             "add counter inet xpunet c1"
         )
-        await nft.apply(
-            [
-                {
-                    "add": {
-                        "element": {
-                            "family": "inet",
-                            "table": "xpunet",
-                            "name": "s",
-                            "elem": [{"concat": ["10.0.0.1", 6, 80]}],
-                        }
-                    }
-                }
-            ]
-        )
+        # JSON input (the library and `nft -j` parse both forms).
+        elem = {"family": "inet", "table": "xpunet", "name": "s", "elem": [{"concat": ["10.0.0.1", 6, 80]}]}
+        await nft.apply_text(json.dumps({"nftables": [{"add": {"element": elem}}]}))
         await nft.apply_text("add element inet xpunet s { 10.0.0.2 . 17 . 53 }")
         doc = await nft.list_table()
         assert doc is not None
@@ -141,3 +141,74 @@ def test_choice_of_backend_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "nft process per transaction" in text
     if expected == "lib":
         assert "libnftables in-process" in text
+
+
+def _entries() -> tuple[TableEntry, ...]:
+    """Every kind of item: ports, anti-spoofing v4/v6, ACL boxes, interval sets, frontends, NodePort."""
+    origin = RuleOrigin("d", "b", "ingress", 0)
+    eps = (
+        PolicyEndpoint("d", "a", "u1", "n1", ("10.0.1.2", "fd00:1::2")),
+        PolicyEndpoint(
+            "d",
+            "b",
+            "u2",
+            "n1",
+            ("10.0.1.3", "fd00:1::3"),
+            ingress_isolated=True,
+            ingress=(
+                PolicyRule(origin, "s1", (PortRange("TCP", 80, 80), PortRange("UDP", 53, 60))),
+                PolicyRule(dataclasses.replace(origin, index=1), "s2", (PortRange("TCP", 0, 65535),)),
+            ),
+        ),
+    )
+    sets = (IPSet("s1", ("10.0.0.0/16", "fd00::/16")), IPSet("s2", ("10.0.1.0/24", "fd00:1::/64")))
+    bs = tuple(Backend(f"10.0.1.{10 + i}", 8080) for i in range(3))
+    v4 = LbServicePort(
+        7,
+        "d",
+        "web",
+        "ipv4",
+        "TCP",
+        80,
+        frontends=(Frontend("cluster_ip", "10.96.0.7", 80), Frontend("node_port", None, 30007)),
+        internal=BackendSet(bs, build_table([b.identity for b in bs], size=13)),
+    )
+    bs6 = (Backend("fd00:1::3", 8080),)
+    v6 = LbServicePort(
+        8,
+        "d",
+        "web6",
+        "ipv6",
+        "UDP",
+        53,
+        frontends=(Frontend("cluster_ip", "fd00:96::8", 53),),
+        internal=BackendSet(bs6, build_table([b.identity for b in bs6], size=13)),
+        affinity=Affinity(60),
+    )
+    low = lower(
+        NodeIntents("n1", eps, sets, (v4, v6)), NodePorts({"d/a": 11, "d/b": 12}, host=1, uplinks=(2,))
+    )
+    assert low.problems == ()
+    return low.entries
+
+
+@pytest.mark.parametrize("backend", ["lib", "process"])
+async def test_script_round_trips_through_the_kernel_listing(netns: str, backend: BackendName) -> None:
+    if backend == "lib" and libnft.load_library() is None:
+        pytest.skip("libnftables.so.1 is not installed")
+    kt = KernelTarget(netns=netns, port_names={11: "xv11", 12: "xv12", 2: "up0"}, nft_backend=backend)
+    try:
+        result = await kt.apply(diff((), _entries()))
+        assert result.problems == ()
+        want = {k: v for k, v in kt.state.items().items() if k[0] != ROUTE}
+        have = await kt.actual_items()
+        static = {(COUNTER, (n,)) for n in (*STATIC_COUNTERS, MARKER_COUNTER)}
+        assert {k: v for k, v in have.items() if k[0] != ROUTE and k not in static} == want
+        kinds = {k[0].rstrip("0123456789") for k in want}
+        assert kinds >= {"acl_in_b", "src6_b", "src4_b", "fe_be6_udp", "np_be4_tcp", "ep_src", CHAIN}
+        # Everything deleted again in one transaction (chains after the elements that jump to them).
+        await kt.apply(diff(_entries(), ()))
+        have = await kt.actual_items()
+        assert {k for k in have if k[0] != ROUTE} == static
+    finally:
+        await kt.close()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpunet.datapath.kernel.codec import parse_table, transaction
+from xpunet.datapath.kernel.codec import CodecError, script
 from xpunet.datapath.kernel.render import CHAIN, COUNTER, ROUTE, Delta, KernelState, lpm_segments
 from xpunet.datapath.kernel.ruleset import CONTAINERS, MARKER_COUNTER, bootstrap_script
 from xpunet.ir.lb import Affinity, Backend, BackendSet, Frontend, LbServicePort
@@ -166,29 +167,37 @@ def test_incremental_equals_full_render(steps: list[tuple[int, int, bool]]) -> N
     assert s.items() == fresh(prev).items()
 
 
-def test_codec_round_trips_through_the_listing_shape() -> None:
-    items = fresh(entries()).items()
-    cmds = transaction(Delta(add=items))
-    listing: list[dict[str, object]] = []
-    for c in cmds:
-        if "element" in c.get("add", {}):
-            el = c["add"]["element"]
-            kind = CONTAINERS[el["name"]].kind
-            listing.append({kind: {"name": el["name"], "elem": el["elem"]}})
-        elif "counter" in c.get("add", {}):
-            listing.append({"counter": {"name": c["add"]["counter"]["name"], "packets": 0, "bytes": 0}})
-    listing += [{"chain": {"name": k[1][0]}} for k in items if k[0] == CHAIN]
-    view = parse_table({"nftables": listing})
-    assert view.items == {k: v for k, v in items.items() if k[0] != ROUTE}
+def test_script_writes_elements_in_native_syntax() -> None:
+    text = script(Delta(add=fresh(entries()).items()))
+    lines = text.splitlines()
+    be = next(x for x in lines if x.startswith("add element inet xpunet fe_be4_tcp "))
+    assert "10.96.0.7 . 80 . 0 : 10.0.1.10 . 8080" in be
+    assert '"up0" : goto svc_check' in next(x for x in lines if " port_kind " in x)
+    src = next(x for x in lines if x.startswith("add element inet xpunet src4_b"))
+    assert "10.0.0.0-10.0.0.255" in src or "10.0.0.0-10.0.255.255" in src
+    assert "fd00::-fd00:ffff:ffff:ffff:ffff:ffff:ffff:ffff" in text
+    acl = next(x for x in lines if x.startswith("add element inet xpunet acl_in_b"))
+    assert '"xv12" . 6 . 80 : "acl_' in acl
+    assert "@route" not in text
 
 
-def test_transaction_orders_counter_adds_first_and_deletes_last() -> None:
-    s = fresh(entries())
-    delta = s.update(diff(entries(), ()).updates)
-    cmds = transaction(delta)
-    kinds = [next(iter(c)) + ":" + next(iter(next(iter(c.values())))) for c in cmds]
-    assert kinds[-1] == "delete:counter"
-    assert "add:element" not in kinds
+def test_script_creates_chains_and_counters_first_and_deletes_them_last() -> None:
+    s = fresh(())
+    added = script(s.update(diff((), entries()).updates)).splitlines()
+    first_element = next(i for i, x in enumerate(added) if " element " in x)
+    assert added[0] == "add chain inet xpunet fe4_h3"
+    assert any(x.startswith("add counter inet xpunet acl_") for x in added[:first_element])
+    removed = script(s.update(diff(entries(), ()).updates)).splitlines()
+    assert not any(x.startswith("add ") for x in removed)
+    assert removed[-1].startswith("delete chain inet xpunet ")
+    last_element = max(i for i, x in enumerate(removed) if " element " in x)
+    assert all(x.startswith(("delete counter", "delete chain")) for x in removed[last_element + 1 :])
+    assert script(Delta()) == ""
+
+
+def test_script_refuses_a_name_it_cannot_quote() -> None:
+    with pytest.raises(CodecError, match="cannot be written"):
+        script(Delta(add={("pod_ifs", ('bad"name',)): None}))
 
 
 def test_bootstrap_script_is_idempotent_in_shape() -> None:

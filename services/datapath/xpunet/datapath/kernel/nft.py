@@ -214,11 +214,6 @@ class Nft:
             return RetryableTargetError("UNAVAILABLE", msg)
         return PermanentTargetError("INVALID_ARGUMENT", msg)
 
-    async def apply(self, commands: list[dict[str, Any]]) -> None:
-        """Run JSON ``commands`` as one transaction (nothing applies if any fails)."""
-        if commands:
-            await self._run("transaction", json.dumps({"nftables": commands}))
-
     async def apply_text(self, text: str) -> None:
         """Run an already encoded transaction (JSON document or native script)."""
         if text:
