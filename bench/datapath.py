@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -179,7 +180,6 @@ async def node_from_empty(
     from xpunet.datapath.p4rt_target import P4RuntimeTarget
     from xpunet.datapath.service import DatapathOptions, DatapathService
     from xpunet.embedded.nats import NatsServer
-    from xpunet.ir.lb import Backend, BackendSet, Frontend, LbServicePort, service_key
     from xpunet.wire import encode_object
 
     values = bench_intents(args.services, args.endpoints, args.table, args.policies)
@@ -211,40 +211,21 @@ async def node_from_empty(
             rss_after_programming = {"bench_mb": rss_mb("self"), "softipu_mb": rss_mb(str(softipu_pid))}
             times: list[float] = []
             one_backend: list[float] = []
+            pauses = gc_pauses()
             for i in range(2 * args.changes):
                 # First one backend of a service moves (a pod rescheduled: ~1/E of its buckets change),
                 # then every backend of a service is replaced (every bucket changes).
                 whole = i >= args.changes
-                s = i % args.services
-                backends = tuple(
-                    Backend(
-                        f"10.250.{i // 256 % 256}.{i % 256 + e}"
-                        if whole or e == i % args.endpoints
-                        else f"10.{64 + s // 4096}.{(s // 16) % 256}.{(s % 16) * 16 + e}",
-                        8080,
-                    )
-                    for e in range(args.endpoints)
-                )
-                svc = LbServicePort(
-                    id=s + 1,
-                    namespace="bench",
-                    service=f"s{s}",
-                    family="ipv4",
-                    protocol="TCP",
-                    port=80,
-                    frontends=(
-                        Frontend("cluster_ip", f"10.{96 + s // 65536}.{(s // 256) % 256}.{s % 256}", 80),
-                    ),
-                    internal=BackendSet(backends, tuple(i % args.endpoints for i in range(args.table))),
-                )
+                key, svc = changed_service(i, args, whole=whole)
                 t0 = time.perf_counter()
                 rev = await intents.put(
-                    service_key("bench", f"s{s}", "TCP", 80, "ipv4"),
+                    key,
                     encode_object(svc),
                     headers={WRITTEN_AT_HEADER: repr(time.time())},
                 )
                 await service.wait_converged(rev)
                 (times if whole else one_backend).append((time.perf_counter() - t0) * 1000)
+            gc.callbacks.remove(pauses.callback)
             stopping.set()
             await task
         finally:
@@ -260,6 +241,7 @@ async def node_from_empty(
         "one_change_ack": percentiles(one_backend),  # one backend of one service replaced
         "all_backends_change_ack": percentiles(times),  # every backend of one service replaced
         "rss_after_programming": rss_after_programming,
+        "gc_during_changes": pauses.report(),
         "rss_peak_bench_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
@@ -275,6 +257,36 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+class _GcPauses:
+    """Cyclic-GC pauses of the bench process (the datapath runs in it), per generation."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append((time.perf_counter() - self.started) * 1000)
+
+    def report(self) -> dict[str, object]:
+        return {
+            f"gen{g}": {
+                "count": len(p),
+                "max_ms": round(max(p, default=0.0), 2),
+                "total_ms": round(sum(p), 1),
+            }
+            for g, p in self.pauses.items()
+        }
+
+
+def gc_pauses() -> _GcPauses:
+    pauses = _GcPauses()
+    gc.callbacks.append(pauses.callback)
+    return pauses
+
+
 def rss_mb(pid: str) -> float:
     """Resident set size of a process (``self`` or a pid) in MiB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -283,7 +295,83 @@ def rss_mb(pid: str) -> float:
     return 0.0
 
 
+def changed_service(i: int, args: argparse.Namespace, *, whole: bool) -> tuple[str, object]:
+    """Change ``i``: one backend of service ``i % S`` moves, or (``whole``) all of its backends."""
+    from xpunet.ir.lb import Backend, BackendSet, Frontend, LbServicePort, service_key
+
+    s = i % args.services
+    backends = tuple(
+        Backend(
+            f"10.250.{i // 256 % 256}.{i % 256 + e}"
+            if whole or e == i % args.endpoints
+            else f"10.{64 + s // 4096}.{(s // 16) % 256}.{(s % 16) * 16 + e}",
+            8080,
+        )
+        for e in range(args.endpoints)
+    )
+    svc = LbServicePort(
+        id=s + 1,
+        namespace="bench",
+        service=f"s{s}",
+        family="ipv4",
+        protocol="TCP",
+        port=80,
+        frontends=(Frontend("cluster_ip", f"10.{96 + s // 65536}.{(s // 256) % 256}.{s % 256}", 80),),
+        internal=BackendSet(backends, tuple(b % args.endpoints for b in range(args.table))),
+    )
+    return service_key("bench", f"s{s}", "TCP", 80, "ipv4"), svc
+
+
+def lowering_only(args: argparse.Namespace) -> dict[str, object]:
+    """The datapath's own share, in process, no target: lowering from empty, then per change
+    incremental lowering + plan + record (what one change costs the datapath before the write)."""
+    from xpunet.datapath.reconcile import Reconciler
+    from xpunet.datapath.target import ApplyResult, TargetEntries
+    from xpunet.pipeline.incremental import NodeLowering
+    from xpunet.pipeline.lowering import NodePorts
+    from xpunet.wire import decode_object
+
+    values = {
+        k: decode_object(v)
+        for k, v in bench_intents(args.services, args.endpoints, args.table, args.policies).items()
+    }
+    ports = NodePorts({f"bench/pod{p}": 100 + p for p in range(50)}, host=1, uplinks=(2,))
+    rss_before = rss_mb("self")
+    start = time.perf_counter()
+    lowering = NodeLowering("n1", ports)
+    for k, v in values.items():
+        lowering.set_intent(k, v)
+    lowering.flush()
+    from_empty = time.perf_counter() - start
+    reconciler = Reconciler()
+    reconciler.reset(TargetEntries(tuple(lowering.desired.values())))  # as if read back
+    del values
+    gc.collect()
+    rss = rss_mb("self")
+    out: dict[str, object] = {
+        "services": args.services,
+        "entries": len(lowering.desired),
+        "lowering_from_empty_s": round(from_empty, 2),
+        "rss_mb": rss,
+        "rss_per_entry_bytes": round((rss - rss_before) * 1024 * 1024 / max(1, len(lowering.desired))),
+    }
+    for whole in (False, True):
+        times = []
+        for i in range(args.changes):
+            key, svc = changed_service(i, args, whole=whole)
+            t0 = time.perf_counter()
+            lowering.set_intent(key, svc)
+            changed = lowering.flush()
+            batch = reconciler.plan(lowering.desired, sweep=True, now=0.0, changed=changed)
+            reconciler.record(batch, ApplyResult(len(batch)), now=0.0)
+            times.append((time.perf_counter() - t0) * 1000)
+        out["all_backends_change_cpu" if whole else "one_change_cpu"] = percentiles(times)
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
+    if args.lowering_only:
+        return {"lowering_only": lowering_only(args)}
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         server = await asyncio.create_subprocess_exec(
@@ -303,11 +391,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             election_id = 1
             for batch, count in ((1, args.n1), (100, args.n100), (1000, args.n1000)):
                 election_id += 1
+                if args.skip_write:
+                    continue
                 results[f"write_entries_per_s_batch_{batch}"] = round(
                     await throughput(port, election_id, batch, count)
                 )
                 results[f"entries_batch_{batch}"] = count
-            results["single_update_ack"] = await latency(port, election_id + 1, args.samples)
+            if not args.skip_write:
+                results["single_update_ack"] = await latency(port, election_id + 1, args.samples)
             if args.services:
                 results["node"] = await node_from_empty(port, election_id + 2, args, server.pid)
             return results
@@ -328,6 +419,14 @@ def main() -> None:
     parser.add_argument("--table", type=int, default=1009, help="node section: Maglev buckets per service")
     parser.add_argument("--policies", type=int, default=2_000, help="node section: policy rules")
     parser.add_argument("--changes", type=int, default=200, help="node section: timed single changes")
+    parser.add_argument(
+        "--skip-write", action="store_true", help="only the node section (no Write/latency runs)"
+    )
+    parser.add_argument(
+        "--lowering-only",
+        action="store_true",
+        help="no target, no NATS: the datapath's lowering/plan CPU and RSS",
+    )
     args = parser.parse_args()
     if args.quick:
         args.n1, args.n100, args.n1000, args.samples = 500, 5_000, 20_000, 200
