@@ -222,6 +222,8 @@ async def end_to_end(
             "cold_cpu_s": round(cold_cpu, 3),  # lb's CPU (nats-server runs in its own process)
             # The table workers' CPU (exited and reaped children; nats-server is still running).
             "cold_workers_cpu_s": round(_children_cpu() - children0, 3),
+            # The largest reaped child so far (a table worker; nats-server is still running).
+            "workers_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             "change_e2e_ms_p50": pct(lat, 0.5),
             "change_e2e_ms_p99": pct(lat, 0.99),
             "change_e2e_ms_mean": round(statistics.fmean(lat), 3),

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from xpunet.ir.lb import LbNodeOverride, LbServicePort
 from xpunet.lb.coldstart import ColdGc, ColdStart, TablePool
 from xpunet.lb.compiler import Identities, compile_service
-from xpunet.lb.endpoints import _ipv4_fast, parse_slice
+from xpunet.lb.endpoints import ipv4_canonical, parse_slice
 from xpunet.lb.maglev import build_table
 from xpunet.lb.state import LbCompiler
 from xpunet.model.objects import (
@@ -170,8 +170,8 @@ def _strip_id(value: object) -> object:
         max_size=6,
     ).map(".".join)
 )
-def test_ipv4_fast_path_agrees_with_ipaddress(text: str) -> None:
-    fast = _ipv4_fast(text)
+def testipv4_canonical_path_agrees_with_ipaddress(text: str) -> None:
+    fast = ipv4_canonical(text)
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:

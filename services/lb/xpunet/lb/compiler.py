@@ -38,6 +38,7 @@ from xpunet.lb.endpoints import (
     candidates,
     cluster_backends,
     has_hints,
+    ipv4_canonical,
     local_backends,
 )
 from xpunet.lb.maglev import build_table
@@ -62,6 +63,8 @@ class ServiceOutput:
 
 
 def _family_of(ip: str) -> tuple[Family, str] | None:
+    if ipv4_canonical(ip) is not None:
+        return "ipv4", ip  # already canonical
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -205,8 +208,9 @@ def compile_service(
                     f"Service {svc.namespace}/{svc.name}: spec.ports[{index}]: no {family} EndpointSlice "
                     f"has a {sp.protocol} port named {sp.name or ''!r}"
                 )
-            out.uses_topology |= has_hints(cands)
-            _compile_port(out, svc, sp, family, frontends, cands, nodes, service_id, sets, affinity)
+            topology = has_hints(cands)
+            out.uses_topology |= topology
+            _compile_port(out, svc, sp, family, frontends, cands, topology, nodes, service_id, sets, affinity)
     return out
 
 
@@ -217,6 +221,7 @@ def _compile_port(
     family: Family,
     frontends: list[Frontend],
     cands: list[Candidate],
+    topology: bool,
     nodes: Mapping[str, Node],
     service_id: Callable[[str], int],
     sets: _Sets,
@@ -234,7 +239,6 @@ def _compile_port(
     external_g: tuple[Backend, ...] | None = None
     if has_external and external_local != internal_local:
         external_g = () if external_local else everyone
-    topology = has_hints(cands)
     local_needed = internal_local or (has_external and external_local)
     nodes_of_interest: set[str] = set()
     if local_needed:

@@ -50,7 +50,7 @@ class ParsedSlice:
 _OCTETS = {str(i): i for i in range(256)}  # exactly the canonical spellings of an octet
 
 
-def _ipv4_fast(text: str) -> int | None:
+def ipv4_canonical(text: str) -> int | None:
     """A canonical dotted quad as an int, or None to let ``ipaddress`` decide (it is ~5x slower).
 
     Accepts exactly the strings that are already canonical: four decimal
@@ -81,7 +81,7 @@ def parse_slice(es: EndpointSlice) -> ParsedSlice:
             problems.append(f"EndpointSlice {es.name}: endpoints[{i}]: no address")
             continue
         if version == 4:
-            fast = _ipv4_fast(ep.addresses[0])
+            fast = ipv4_canonical(ep.addresses[0])
             if fast is not None:
                 parsed.append(ParsedEndpoint(ep.addresses[0], fast, ep))
                 continue
