@@ -212,3 +212,37 @@ async def test_script_round_trips_through_the_kernel_listing(netns: str, backend
         assert {k for k in have if k[0] != ROUTE} == static
     finally:
         await kt.close()
+
+
+async def test_rejected_transaction_changes_nothing_and_rolls_the_state_back(netns: str) -> None:
+    extra = LbServicePort(
+        9,
+        "d",
+        "extra",
+        "ipv4",
+        "TCP",
+        80,
+        frontends=(Frontend("cluster_ip", "10.96.0.9", 80),),
+        internal=BackendSet((Backend("10.0.1.20", 8080),), build_table(["10.0.1.20:8080"], size=13)),
+    )
+    ports = NodePorts({"d/a": 11, "d/b": 12}, host=1, uplinks=(2,))
+    with_extra = lower(NodeIntents("n1", (), (), (extra,)), ports).entries
+    kt = KernelTarget(netns=netns, port_names={11: "xv11", 12: "xv12", 2: "up0"})
+    try:
+        await kt.apply(diff((), _entries()))
+        items_before = kt.state.items()
+        kernel_before = await kt.actual_items()
+        # Someone else's element with the same key and another value: the kernel refuses the add.
+        in_ns(netns, "nft", "add element inet xpunet fe_be4_tcp { 10.96.0.9 . 80 . 0 : 10.9.9.9 . 1 }")
+        with pytest.raises(PermanentTargetError, match="File exists"):
+            await kt.apply(diff((), with_extra))
+        assert kt.state.items() == items_before
+        kernel_after = await kt.actual_items()
+        assert kernel_after.pop(("fe_be4_tcp", (0x0A600009, 80, 0))) == (0x0A090909, 1)
+        assert kernel_after == kernel_before  # no pick element, no chain: the transaction did nothing
+        # reconcile removes the foreign element of our map, then the same apply goes through.
+        await kt.reconcile(kt.state.entries.values())
+        await kt.apply(diff((), with_extra))
+        assert (await kt.actual_items())[("fe_be4_tcp", (0x0A600009, 80, 0))] == (0x0A000114, 8080)
+    finally:
+        await kt.close()

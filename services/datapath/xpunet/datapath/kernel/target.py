@@ -132,22 +132,23 @@ class KernelTarget:
             await self.start()
         updates = batch.updates
         with _no_gc():
-            before = {u.entry.key: self.state.entries.get(u.entry.key) for u in updates}
+            # What each touched key held before, for the rollback (None: the key was new).
+            get = self.state.entries.get
+            before = [get(u.entry.key) for u in updates]
             delta = self.state.update(updates)
         try:
             route_errors = await self._commit(delta)
         except Exception:
-            undo = [
-                Update("INSERT", old) if old is not None else Update("DELETE", self._entry_for(key, updates))
-                for key, old in before.items()
-            ]
-            self.state.update(undo)
+            # The nft transaction did not apply (it is atomic): undo in reverse order, so a key the
+            # batch touched twice ends as it began.
+            with _no_gc():
+                undo = [
+                    Update("INSERT", old) if old is not None else Update("DELETE", u.entry)
+                    for u, old in zip(reversed(updates), reversed(before), strict=True)
+                ]
+                self.state.update(undo)
             raise
         return ApplyResult(len(delta.add), len(delta.delete), self._problems(), tuple(route_errors))
-
-    @staticmethod
-    def _entry_for(key: EntryKey, updates: Iterable[Update]) -> TableEntry:
-        return next(u.entry for u in updates if u.entry.key == key)
 
     async def set_port_names(self, names: Mapping[int, str]) -> ApplyResult:
         """Change which interface a vNIC port id is (the datapath calls this as vNICs come and go)."""
