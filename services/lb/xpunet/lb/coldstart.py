@@ -4,14 +4,16 @@ A cold start compiles every Service at once, and the Maglev fill (pure Python,
 ~0.25 ms per 10-backend table) is most of that.  Tables are pure functions of
 their backend identities, so :class:`TablePool` spreads a big batch over worker
 processes *and* this one (bit-identical results whatever the split; small
-batches, i.e. every later flush and small clusters, stay in-process).  Workers
-are spawned (not forked: the service has threads) by the first big batch (this
-process starts on its share at once, so their start-up costs little wall time)
-and shut down after the first flush.
+batches, i.e. every later flush and small clusters, stay in-process).  While
+the snapshot is still being read, the compiler names the tables new
+EndpointSlices will likely need (:meth:`TablePool.prefetch`), so the workers
+fill them on the other CPUs before the first flush asks.  Workers are spawned
+(not forked: the service has threads) once enough work shows up and are shut
+down after the first flush.
 
 :class:`ColdGc` keeps the cyclic garbage collector out of the cold start: its
 full collections walk the whole growing heap (hundreds of thousands of
-objects, ~1 s in total at 10,000 Services), although nearly everything the
+objects, ~1 s in total at 10,000 Services) although nearly everything the
 cold start allocates lives on.  Afterwards the heap is frozen (moved out of the
 collector's view) so later full collections, which would otherwise stall a
 single endpoint change for as long, only walk what was allocated since.
