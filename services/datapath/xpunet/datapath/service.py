@@ -100,10 +100,10 @@ class DatapathOptions:
     vni: int = 4096
     coalesce: float = 0.002  # seconds to gather a burst of intent changes into one pass
     status_interval: float = 1.0  # seconds between status record rewrites (when changed)
-    # After a pass that changed at least this many desired entries (the first programming, a
-    # large update), move the heap out of the cyclic GC's reach (gc.freeze): entries are acyclic
-    # and freed by reference counting, and a full collection over millions of them stalls the
-    # loop for 0.3 s at 300k entries, seconds at 10M.  0 turns it off.  Process-wide.
+    # Once this many desired entries changed since the last time (the first programming, then
+    # churn), move the heap out of the cyclic GC's reach (gc.collect(1); gc.freeze()): entries are
+    # acyclic and freed by reference counting, and a full collection over millions of them stalls
+    # the loop for 0.3 s at 300k entries, seconds at 10M.  0 turns it off.  Process-wide.
     gc_freeze_after: int = 50_000
 
     def __post_init__(self) -> None:
@@ -195,6 +195,7 @@ class DatapathService:
         self._derived_routes: dict[str, NodeRoute] = {}  # routes from Nodes, as last given to the lowering
         self._routes_dirty = True
         self._unplanned: set[EntryKey] = set()  # desired entries changed since the last plan
+        self._changed_since_freeze = 0
         self.metrics = DatapathMetrics(meter, occupancy=self.reconciler.occupancy) if meter else None
         self._watches_pending = {"intent:" + p for p in self.view.prefixes} | {"k8s:node.", "k8s:sync."}
         self._wake = asyncio.Event()
@@ -463,9 +464,16 @@ class DatapathService:
             self._pending = changes + self._pending  # not acknowledged: measure them on the next pass
             raise
         acked = self._clock()
-        if self.options.gc_freeze_after and planned >= self.options.gc_freeze_after:
+        self._changed_since_freeze += planned
+        if self.options.gc_freeze_after and self._changed_since_freeze >= self.options.gc_freeze_after:
+            gc.collect(1)  # young cyclic garbage first (cheap), so little is frozen with the live heap
             gc.freeze()
-            log.info("datapath %s: %d entries changed; heap frozen out of the cyclic GC", self.node, planned)
+            log.info(
+                "datapath %s: %d entries changed; heap frozen out of the cyclic GC",
+                self.node,
+                self._changed_since_freeze,
+            )
+            self._changed_since_freeze = 0
         self._applied_revision = max(self._applied_revision, self.view.revision)
         for c in changes:
             latency = max(0.0, acked - c.started)
