@@ -93,7 +93,8 @@ async def test_backends_list_apply_and_classify_errors(netns: str, backend: str)
         await nft.run_script(
             "add table inet xpunet\n"
             "add set inet xpunet s { type ipv4_addr . inet_proto . inet_service; }\n"
-            "add counter inet xpunet c1"
+            "add counter inet xpunet c1\n"
+            "add counter inet xpunet c2 { packets 5 bytes 700 }"
         )
         # JSON input (the library and `nft -j` parse both forms).
         elem = {"family": "inet", "table": "xpunet", "name": "s", "elem": [{"concat": ["10.0.0.1", 6, 80]}]}
@@ -106,7 +107,8 @@ async def test_backends_list_apply_and_classify_errors(netns: str, backend: str)
         assert sorted(map(str, sets[0]["elem"])) == sorted(
             [str({"concat": ["10.0.0.1", 6, 80]}), str({"concat": ["10.0.0.2", 17, 53]})]
         )
-        assert await nft.list_counters() == {"c1": (0, 0)}
+        # lib: one netlink dump of the table's counter objects; process: `nft -j list counters`.
+        assert await nft.list_counters() == {"c1": (0, 0), "c2": (5, 700)}
         with pytest.raises(PermanentTargetError, match="nosuchset"):
             await nft.apply_text("add element inet xpunet nosuchset { 10.0.0.3 }")
         # The failed transaction changed nothing; the context still works.

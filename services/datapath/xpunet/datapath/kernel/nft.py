@@ -22,10 +22,11 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
-from xpunet.datapath.kernel import libnft
+from xpunet.datapath.kernel import libnft, nlcounters
 from xpunet.datapath.kernel.libnft import LibNftContext, LibNftError, RunResult
 from xpunet.datapath.kernel.ruleset import FAMILY, TABLE
 from xpunet.p4rt.errors import PermanentTargetError, RetryableTargetError, TargetError
@@ -33,6 +34,7 @@ from xpunet.p4rt.errors import PermanentTargetError, RetryableTargetError, Targe
 log = logging.getLogger(__name__)
 
 BackendName = Literal["lib", "process"]
+T = TypeVar("T")
 
 # Failures that say nothing about the request: nft may well succeed when asked again.
 _TRANSIENT = (
@@ -55,6 +57,9 @@ class Backend(Protocol):
     name: BackendName
 
     async def run(self, text: str, *, json_output: bool, numeric: bool) -> RunResult: ...
+
+    async def read_counters(self, table: str) -> dict[str, tuple[int, int]] | None:
+        """The table's named counters straight from the kernel; None: use ``list counters``."""
 
     async def close(self) -> None: ...
 
@@ -107,15 +112,22 @@ class LibBackend:
             self._ctx.close()
             self._ctx = None
 
-    async def run(self, text: str, *, json_output: bool, numeric: bool) -> RunResult:
+    async def _call(self, fn: Callable[[], T]) -> T:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"nft-{self._netns or 'own'}"
             )
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(self._run_sync, text, json_output, numeric)
-        )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def run(self, text: str, *, json_output: bool, numeric: bool) -> RunResult:
+        return await self._call(functools.partial(self._run_sync, text, json_output, numeric))
+
+    def _read_counters_sync(self, table: str) -> dict[str, tuple[int, int]]:
+        self._context()  # in the namespace before the socket opens
+        return nlcounters.read_counters(table)
+
+    async def read_counters(self, table: str) -> dict[str, tuple[int, int]] | None:
+        return await self._call(functools.partial(self._read_counters_sync, table))
 
     async def close(self) -> None:
         """Free the context and end the thread (it holds the namespace while it lives)."""
@@ -158,6 +170,9 @@ class ProcessBackend:
             raise RetryableTargetError("UNAVAILABLE", f"cannot run nft: {exc}") from exc
         out, err = await proc.communicate(None if listing else text.encode())
         return RunResult(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    async def read_counters(self, table: str) -> dict[str, tuple[int, int]] | None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -236,6 +251,13 @@ class Nft:
         return doc
 
     async def list_counters(self) -> dict[str, tuple[int, int]]:
+        """name → (packets, bytes) of the table's named counters."""
+        try:
+            direct = await self.backend.read_counters(TABLE)
+        except OSError as exc:  # LibNftError (namespace) or the dump's netlink error
+            raise RetryableTargetError("UNAVAILABLE", f"nft counters: {exc}") from exc
+        if direct is not None:
+            return direct
         result = await self._run("list counters", f"list counters table {FAMILY} {TABLE}")
         counters: dict[str, tuple[int, int]] = {}
         for obj in json.loads(result.out).get("nftables", ()):
