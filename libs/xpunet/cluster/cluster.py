@@ -104,6 +104,8 @@ def decide(options: ClusterOptions) -> Wiring:
     # fail closed on the harness's veths (ports it does not know), a CNI needs a datapath target.
     target: Target = options.target
     kernel_check, cni_check = wiring.kernel_target(), wiring.cni()
+    if kernel_check and options.overlay == "vxlan":
+        kernel_check = wiring.kernel_vxlan()
     if options.attach != "plain" and target == "kernel" and kernel_check and cni_check:
         return Wiring(True, "kernel", "cni", notes)
     if options.attach == "cni":

@@ -7,6 +7,12 @@ evaluator (``xpunet.policy.reference.is_allowed``), which reads the Kubernetes
 objects directly; for a Service it is evaluated against each backend the
 Service selects (all allowed, none, or mixed), since the load balancer picks
 one.  A Service without backends is expected to refuse.
+
+A NodePort with ``externalTrafficPolicy: Cluster`` masquerades: a backend on
+another node than the client sees the client's node address as the source
+(as with kube-proxy), so that backend is checked against the node address;
+a backend on the client's own node sees the pod (policy is enforced before
+the masquerade on the way out of the node).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Destination:
     port: int
     protocol: Protocol
     backends: tuple[tuple[str, int], ...]  # (pod IP, target port) the policy is checked against
+    snat: bool = False  # NodePort, externalTrafficPolicy Cluster: remote backends see the node address
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +116,20 @@ def destinations(pods: Sequence[Pod], services: Sequence[Service], *, family: in
                     f"svc:{svc.name}", "cluster_ip", name, cluster_ips[0], sp.port, "TCP", tuple(backends)
                 )
             )
-        if sp.node_port:
+        # A NodePort answers on the node addresses of the Service's own IP families only.
+        families = {4 if f == "IPv4" else 6 for f in svc.ip_families} or {_v(ip) for ip in svc.cluster_ips}
+        if sp.node_port and (family in families or not families):
             out.append(
-                Destination(f"np:{svc.name}", "node_port", name, "", sp.node_port, "TCP", tuple(backends))
+                Destination(
+                    f"np:{svc.name}",
+                    "node_port",
+                    name,
+                    "",
+                    sp.node_port,
+                    "TCP",
+                    tuple(backends),
+                    snat=svc.external_traffic_policy != "Local",
+                )
             )
     return out
 
@@ -124,13 +142,25 @@ def expected(
     dst: Destination,
     *,
     family: int = 4,
+    node_addresses: Mapping[str, str] | None = None,  # node → its address of ``family``
 ) -> Expect:
-    cluster = Cluster(tuple(pods), tuple(namespaces), tuple(policies))
+    if dst.kind == "pod" and dst.ref == f"{src.namespace}/{src.name}":
+        return "allow"  # a pod dialling its own address stays on its loopback: no policy applies
+    pods = tuple(pods)
+    cluster = Cluster(pods, tuple(namespaces), tuple(policies))
     src_ip = next(ip for ip in src.ips if _v(ip) == family)
     if not dst.backends:
         return "refuse"
+    node_of = {ip: p.node for p in pods for ip in p.ips}
+    masquerade = (node_addresses or {}).get(src.node or "") if dst.snat else None
+
+    def seen_from(backend_ip: str) -> str:
+        if masquerade is not None and node_of.get(backend_ip) != src.node:
+            return masquerade
+        return src_ip
+
     verdicts = {
-        is_allowed(cluster, src_ip=src_ip, dst_ip=ip, port=port, protocol=dst.protocol)
+        is_allowed(cluster, src_ip=seen_from(ip), dst_ip=ip, port=port, protocol=dst.protocol)
         for ip, port in dst.backends
     }
     if verdicts == {True}:

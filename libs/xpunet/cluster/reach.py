@@ -53,6 +53,7 @@ async def measure(
     columns = destinations(pods, cluster.services(), family=family)
     rows = sorted(pods, key=lambda p: (p.namespace, p.name))
     cells: dict[tuple[str, str], Cell] = {}
+    node_addresses = {n.name: n.address4 if family == 4 else n.address6 for n in cluster.plan.nodes}
 
     if source == "tcp":
 
@@ -72,6 +73,9 @@ async def measure(
         for src in rows:
             ref = f"{src.namespace}/{src.name}"
             for dst in columns:
+                if dst.kind == "pod" and dst.ref == ref:
+                    measured[(ref, dst.label)] = ("open", ref)  # its own address: the pod's loopback
+                    continue
                 if dst.kind == "pod":
                     spec = f"{dst.ref}:{dst.port}/tcp"
                 elif dst.kind == "cluster_ip":
@@ -95,7 +99,9 @@ async def measure(
         ref = f"{src.namespace}/{src.name}"
         for dst in columns:
             outcome, peer = measured[(ref, dst.label)]
-            want = expected(pods, namespaces, policies, src, dst, family=family)
+            want = expected(
+                pods, namespaces, policies, src, dst, family=family, node_addresses=node_addresses
+            )
             cells[(ref, dst.label)] = Cell(ref, dst.label, want, outcome, peer)
     return Matrix(
         source,

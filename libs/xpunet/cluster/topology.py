@@ -54,6 +54,10 @@ async def build_nodes(plan: ClusterPlan, rd: RunDir) -> None:
                 f"net.ipv4.conf.{node.fabric_if}.proxy_arp": "1",
                 f"net.ipv6.conf.{node.fabric_if}.proxy_ndp": "1",
                 f"net.ipv4.conf.{node.fabric_if}.rp_filter": "0",
+                # Proxy answers wait a random 0..0.8 s by default: the first connections across
+                # nodes would stall behind ARP/NDP (beyond a 1 s probe) instead of flowing at once.
+                f"net.ipv4.neigh.{node.fabric_if}.proxy_delay": "0",
+                f"net.ipv6.neigh.{node.fabric_if}.proxy_delay": "0",
             },
         )
         cmds = [

@@ -81,19 +81,38 @@ def kernel_target() -> Check:
     if "datapath.kernel_netns" not in settings_keys(_datapath_settings_cls()):
         return Check(False, "the datapath has no datapath.kernel_netns setting (helper K)")
     try:
-        module = importlib.import_module("xpunet.datapath.kernel.target")
+        module = importlib.import_module("xpunet.datapath.kernel_adapter")
     except ImportError as exc:
-        return Check(False, f"the kernel target (helper J) does not import: {exc}")
-    cls = getattr(module, "KernelTarget", None)
+        return Check(False, f"the kernel target does not import: {exc}")
+    cls = getattr(module, "KernelTargetAdapter", None)
     # The datapath drives a target through wait_ready/read_entries/apply (xpunet.datapath.target).
     needed = ("wait_ready", "read_entries", "apply", "is_ready", "wait_changed")
     if cls is None or not all(hasattr(cls, m) for m in needed):
         return Check(
             False,
-            "the kernel target (helper J) does not implement the datapath's Target protocol yet "
+            "the kernel target adapter does not implement the datapath's Target protocol "
             f"({', '.join(needed)})",
         )
     return kernel_tools()
+
+
+def kernel_vxlan() -> Check:
+    """The kernel target renders VXLAN next hops (asked of its pure renderer, not assumed)."""
+    try:
+        from xpunet.datapath.kernel.render import KernelState
+        from xpunet.ir.routes import NodeRoute
+        from xpunet.pipeline.diff import Update
+        from xpunet.pipeline.lowering import NodeIntents, NodePorts, lower
+    except ImportError as exc:
+        return Check(False, f"the kernel target does not import: {exc}")
+    route = NodeRoute("peer", ("10.0.0.0/24",), (), ("192.0.2.1",), "vxlan")
+    lowered = lower(NodeIntents(node="probe", routes=(route,)), NodePorts(uplinks=(2,)))
+    state = KernelState({2: UPLINK_IF})
+    state.update([Update("INSERT", e) for e in lowered.entries])
+    problems = [p for ps in state.problems.values() for p in ps]
+    if problems:
+        return Check(False, f"the kernel target cannot route over the overlay: {problems[0]}")
+    return Check(True)
 
 
 def cni_binary() -> Path:
@@ -135,7 +154,7 @@ def node_assignments(
     if plan.target == "kernel":
         put("datapath.target", "kernel")
         put("datapath.kernel_netns", node.netns)
-        put("datapath.kernel_uplink", UPLINK_IF)
+        put("datapath.kernel_uplinks", UPLINK_IF)
     else:
         put("datapath.target", "p4rt")
         put("datapath.p4rt_address", p4rt_address)
@@ -146,7 +165,6 @@ def node_assignments(
         put(f"{section}.cni_agent_socket", str(node_dir / "cni-agent.sock"))
         put(f"{section}.state_path", str(node_dir / "attach-state.json"))
         put(f"{section}.host_netns", node.netns)
-        put(f"{section}.pod_cidrs", ",".join(node.pod_cidrs))
         put(f"{section}.pool_size", "4")
         put(f"{section}.low_water", "1")
     return out

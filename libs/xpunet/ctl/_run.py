@@ -1,4 +1,9 @@
-"""Running an ``xpunetctl`` coroutine: uvloop, and SIGTERM/SIGINT as a stop request."""
+"""Running an ``xpunetctl`` coroutine: uvloop (or the stock loop), and SIGTERM/SIGINT as a stop request.
+
+Commands that run datapaths in this process (``up``, ``demo``) use the stock
+asyncio loop: the kernel target and the veth vNICs talk netlink through
+pyroute2's asyncio sockets, which uvloop cannot open (AF_NETLINK datagrams).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,29 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
 
-def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
-    """Run ``main(stop)`` on uvloop; the first SIGTERM/SIGINT sets ``stop``, a second cancels."""
-    import uvloop
+def quiet_netlink_helpers() -> None:
+    """pyroute2 opens a namespace's netlink socket in a forked helper and ends it with SIGTERM.
+
+    The helper inherits our signal handlers and asyncio's wakeup fd: its SIGTERM
+    would reach this loop as if we had been asked to stop.  The library's switch
+    resets the helper's handlers to the defaults first.
+    """
+    import pyroute2.config
+
+    pyroute2.config.disable_mp_signal = True
+
+
+def run_until_signal(
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, int]],
+    *,
+    loop: Literal["uvloop", "asyncio"] = "uvloop",
+) -> int:
+    """Run ``main(stop)``; the first SIGTERM/SIGINT sets ``stop``, a second cancels."""
 
     async def wrapper() -> int:
         loop = asyncio.get_running_loop()
@@ -40,6 +60,11 @@ def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) 
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+
+    if loop == "asyncio":
+        quiet_netlink_helpers()
+        return asyncio.run(wrapper())
+    import uvloop
 
     result: int = uvloop.run(wrapper())
     return result

@@ -54,13 +54,12 @@ def add_parser(subparsers: Any) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     options = stack_options(args)
     if args.stack_only:
-        return run_until_signal(lambda stop: run_demo(options, stop))
+        return run_until_signal(lambda stop: run_demo(options, stop), loop="asyncio")
     from xpunet.ctl.cluster_demo import cluster_demo, default_examples
 
     manifests = options.manifests or default_examples()
-    return run_until_signal(
-        lambda stop: cluster_demo(replace(options, manifests=None), manifests, stop, nodes=max(args.nodes, 2))
-    )
+    base, nodes = replace(options, manifests=None), max(args.nodes, 2)
+    return run_until_signal(lambda stop: cluster_demo(base, manifests, stop, nodes=nodes), loop="asyncio")
 
 
 async def run_demo(

@@ -45,8 +45,10 @@ def _cmd(args: argparse.Namespace) -> int:
         from xpunet.ctl.cluster_up import cluster_up
 
         copts = cluster_options(args, manifests=options.manifests)
-        return run_until_signal(lambda stop: cluster_up(copts, replace(options, manifests=None), stop))
-    return run_until_signal(lambda stop: up(options, stop))
+        return run_until_signal(
+            lambda stop: cluster_up(copts, replace(options, manifests=None), stop), loop="asyncio"
+        )
+    return run_until_signal(lambda stop: up(options, stop), loop="asyncio")
 
 
 async def up(options: StackOptions, stop: asyncio.Event) -> int:

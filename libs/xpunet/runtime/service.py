@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, TypeVar
+from typing import Literal, NoReturn, TypeVar
 
 from opentelemetry import metrics, trace
 
@@ -45,9 +45,19 @@ EXIT_BAD_SETTINGS = 2
 
 
 def run_service(
-    name: str, run_fn: RunFn[S], settings_cls: type[S], argv: Sequence[str], *, description: str = ""
+    name: str,
+    run_fn: RunFn[S],
+    settings_cls: type[S],
+    argv: Sequence[str],
+    *,
+    description: str = "",
+    loop: Literal["uvloop", "asyncio"] = "uvloop",
 ) -> NoReturn:
-    """Run one service as this process until SIGTERM/SIGINT; never returns (exits with the code)."""
+    """Run one service as this process until SIGTERM/SIGINT; never returns (exits with the code).
+
+    ``loop="asyncio"``: the stock event loop, for services that use pyroute2's asyncio netlink
+    sockets (uvloop cannot open AF_NETLINK datagram endpoints).
+    """
     prog = f"xpunet-{name}"
     try:
         settings = load_settings(
@@ -63,7 +73,7 @@ def run_service(
     metrics.set_meter_provider(telemetry.meter_provider)
     host = ServiceHost(name, run_fn, settings, telemetry)
     try:
-        code = _run_loop(host)
+        code = asyncio.run(_serve(host)) if loop == "asyncio" else _run_loop(host)
     finally:
         telemetry.shutdown()
     logging.shutdown()

@@ -47,7 +47,7 @@ ENV_RESERVED = frozenset({"XPUNET_CONFIG"})
 # Sections that belong to one service each.  A shared config file or environment
 # may carry them for every service, so a service ignores the ones it does not
 # have instead of rejecting them; any other unknown section is an error.
-SERVICE_SECTIONS = frozenset({"watcher", "policy", "lb", "routing", "datapath"})
+SERVICE_SECTIONS = frozenset({"watcher", "policy", "lb", "routing", "datapath", "attach"})
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 

@@ -30,6 +30,9 @@ class KernelTargetAdapter:
         self.netns = netns
         self._started = False
         self._never = asyncio.Event()
+        # Port renames (pods attaching) and the apply loop's writes both change the kernel state:
+        # one at a time, so each renders and commits against what the previous one left.
+        self._lock = asyncio.Lock()
 
     @property
     def description(self) -> str:
@@ -55,13 +58,22 @@ class KernelTargetAdapter:
             await self._never.wait()
 
     async def read_entries(self, desired: Sequence[TableEntry]) -> TargetEntries:
-        await self.kernel.reconcile(desired)
+        async with self._lock:
+            await self.kernel.reconcile(desired)
         return TargetEntries(tuple(desired))
 
     async def apply(self, phases: Sequence[Sequence[Update]]) -> ApplyResult:
         batch = Batch(tuple(tuple(p) for p in phases))
-        result = await self.kernel.apply(batch)
+        async with self._lock:
+            result = await self.kernel.apply(batch)
         return ApplyResult(len(batch), (), tuple(result.problems) + tuple(result.route_errors))
+
+    async def set_port_names(self, names: Mapping[int, str]) -> None:
+        """Which interface each port id is (uplinks, pods' veth host sides); re-renders what names them."""
+        async with self._lock:
+            if dict(names) == self.kernel.state.port_names:
+                return
+            await self.kernel.set_port_names(names)  # before the first write: only remembered
 
     async def read_counters(self) -> Mapping[EntryKey, tuple[int, int]]:
         return await self.kernel.counters()

@@ -45,6 +45,8 @@ from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, Sta
 from xpunet.bus.backoff import Backoff
 from xpunet.bus.errors import BusError
 from xpunet.bus.tracing import context_from_headers
+from xpunet.datapath import attachment
+from xpunet.datapath.attachment import AttachOptions
 from xpunet.datapath.intents import SYNC_NODE_KEY, Change, IntentView, started_at
 from xpunet.datapath.reconcile import Reconciler
 from xpunet.datapath.status import (
@@ -91,6 +93,8 @@ class DatapathOptions:
     tls_server_name: str = ""
     # kernel: the Linux kernel of a network namespace ("" = the datapath's own)
     kernel_netns: str = ""
+    # kernel: the interface of each uplink_ports entry, in order (traffic from other nodes enters there)
+    kernel_uplinks: tuple[str, ...] = ()
     # node ports as the lowering numbers them
     host_port: int = 1
     uplink_ports: tuple[int, ...] = (2,)
@@ -145,6 +149,7 @@ class DatapathOptions:
 @dataclass(frozen=True, slots=True)
 class Settings(BaseSettings):
     datapath: DatapathOptions = field(default_factory=DatapathOptions)
+    attach: AttachOptions = field(default_factory=AttachOptions)  # the infra API (xpunet.datapath.attachment)
 
 
 def build_target(options: DatapathOptions) -> Target:
@@ -605,15 +610,29 @@ def _endpoint_fields(endpoint: object) -> tuple[str, str, int]:
 async def run(ctx: ServiceContext[Settings]) -> None:
     """The datapath's entry point (docs/runtime.md, docs/datapath.md)."""
     options = ctx.settings.datapath
+    k8s = await ctx.bus.kv(BUCKET_K8S)
+    uplinks = dict(zip(options.uplink_ports, options.kernel_uplinks, strict=False))
+    # The attach server first: its restored attachments are the pods' ports at start.
+    attached = await attachment.start_attachment(
+        ctx.settings.attach,
+        node=ctx.node,
+        k8s=k8s,
+        stopping=ctx.stopping,
+        kernel_netns=options.kernel_netns,
+        kernel_routes=options.target == "kernel",
+        uplinks=uplinks,
+    )
+    target = build_target(options)
     service = DatapathService(
         node=ctx.node,
         options=options,
-        target=build_target(options),
+        target=target,
         intents=await ctx.bus.kv(BUCKET_INTENT),
-        k8s=await ctx.bus.kv(BUCKET_K8S),
+        k8s=k8s,
         status=await ctx.bus.kv(BUCKET_STATUS),
         tracer=ctx.tracer,
         meter=ctx.meter,
+        ports=attached.ports if attached else None,
     )
 
     def on_ready(ready: bool, reason: str) -> None:
@@ -622,4 +641,5 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         else:
             ctx.mark_not_ready(reason)
 
-    await service.run(ctx.stopping, on_ready=on_ready)
+    async with attachment.wired(attached, service, target, uplinks=uplinks):
+        await service.run(ctx.stopping, on_ready=on_ready)
