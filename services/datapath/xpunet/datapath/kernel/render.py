@@ -523,6 +523,9 @@ class KernelState:
                 problems.append(f"next_hop {nh_id}: port {nh.param('port')} has no interface; no route")
                 return {}
             if nh.action.endswith(f"via_direct_v{v}"):
+                if (dst, plen) == (nh.param("node_addr"), 32 if v == 4 else 128):
+                    # The next hop itself is on-link; IPv6 refuses a gateway reached via a gateway.
+                    return {(ROUTE, rkey): (None, name)}
                 return {(ROUTE, rkey): (nh.param("node_addr"), name)}
             problems.append(
                 f"next_hop {nh_id}: {nh.action.rsplit('.', 1)[-1]} is not supported by the kernel target"
