@@ -665,6 +665,17 @@ def lower_route(
             g.add(
                 f"fib_{family_suffix(v)}", {"dst_addr": lpm}, "route_via", {"next_hop_id": nh}, origin=origin
             )
+        if r.next_hop == "direct":
+            # The node's own address goes the same way: a NodePort dialled on another node's
+            # address (and that node's host network) is reachable, not drop_no_route.
+            host = Lpm(params["node_addr"], 32 if version == 4 else 128)
+            g.add(
+                f"fib_{family_suffix(version)}",
+                {"dst_addr": host},
+                "route_via",
+                {"next_hop_id": nh},
+                origin=origin,
+            )
     return g, names
 
 

@@ -224,6 +224,10 @@ def test_routes_to_other_nodes_go_through_next_hops(kind: str) -> None:
         assert nh.action == "ingress.via_vxlan_v4"
         assert nh.param("vtep_addr") == 0xC0A80002
     assert fib[Lpm(0xC0A80001, 32)].action == "ingress.deliver_host"  # this node's own address
+    if kind == "direct":  # the other node's address too (a NodePort dialled there)
+        assert fib[Lpm(0xC0A80002, 32)].param("next_hop_id") == via.param("next_hop_id")
+    else:  # the underlay reaches it; the overlay next hop would loop
+        assert Lpm(0xC0A80002, 32) not in fib
     assert Lpm(0x0A000100, 24) not in fib  # no route for the node's own CIDR: only pod host routes
 
 
@@ -233,8 +237,9 @@ def test_table_overflow_is_reported_with_counts_not_truncated() -> None:
         tables=tuple(dataclasses.replace(t, size=2) if t.alias == "fib_v4" else t for t in SCHEMA.tables),
     )
     low = lower(NodeIntents("n1", (A, B), routes=ROUTES), PORTS, schema=small)
-    assert [str(o) for o in low.overflow] == ["fib_v4: 4 entries needed, 2 declared"]
-    assert len(entries_of(low, "fib_v4")) == 4
+    # two pod host routes, the node's own address, n2's CIDR and n2's address
+    assert [str(o) for o in low.overflow] == ["fib_v4: 5 entries needed, 2 declared"]
+    assert len(entries_of(low, "fib_v4")) == 5
 
 
 def test_node_intents_from_kv_picks_this_node_and_globals() -> None:

@@ -22,6 +22,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Final
 
@@ -43,6 +44,9 @@ OUTPUT_NUMERIC_ALL: Final = (
 """What ``nft -n`` sets."""
 
 _lib: ctypes.CDLL | None = None
+# libnftables 1.0.6 is not safe to run from two threads at once, even with one context each
+# (two node namespaces in one process aborted inside nft_run_cmd_from_buffer): one at a time.
+_run_lock = threading.Lock()
 _lib_error: str | None = None
 
 
@@ -133,7 +137,8 @@ class LibNftContext:
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
-        ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
+        with _run_lock:
+            ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
         if not ctx:
             raise LibNftError(errno.ENOMEM, "nft_ctx_new failed")
         self._ctx: int | None = ctx
@@ -150,13 +155,15 @@ class LibNftContext:
         flags = (OUTPUT_JSON if json_output else 0) | (OUTPUT_NUMERIC_ALL if numeric else 0)
         self._lib.nft_ctx_output_set_flags(ctx, flags)
         data = text.encode() if isinstance(text, str) else text
-        rc = self._lib.nft_run_cmd_from_buffer(ctx, data)
-        # Read both buffers every time: unread text would be prepended to the next command's.
-        out = self._lib.nft_ctx_get_output_buffer(ctx) or b""
-        err = self._lib.nft_ctx_get_error_buffer(ctx) or b""
+        with _run_lock:
+            rc = self._lib.nft_run_cmd_from_buffer(ctx, data)
+            # Read both buffers every time: unread text would be prepended to the next command's.
+            out = self._lib.nft_ctx_get_output_buffer(ctx) or b""
+            err = self._lib.nft_ctx_get_error_buffer(ctx) or b""
         return RunResult(int(rc), out.decode(errors="replace"), err.decode(errors="replace"))
 
     def close(self) -> None:
         if self._ctx is not None:
-            self._lib.nft_ctx_free(self._ctx)
+            with _run_lock:
+                self._lib.nft_ctx_free(self._ctx)
             self._ctx = None
