@@ -11,7 +11,8 @@
 * **Pipeline**: :meth:`P4RuntimeClient.set_pipeline` installs with
   VERIFY_AND_COMMIT when the target has none, and RECONCILE_AND_COMMIT when it
   has one (forwarding state is kept); the cookie identifies the pipeline.
-* **Write**: updates are sent in batches of at most ``max_batch``; per-update
+* **Write**: updates (serialised by the caller, see :mod:`xpunet.p4rt.wire`)
+  are sent in batches of at most ``max_batch``, streamed from a lazy source; per-update
   errors are decoded from the ``google.rpc.Status`` details and raised once, at
   the end, as one :class:`~xpunet.p4rt.errors.TargetError` whose ``updates``
   index the caller's sequence.
@@ -26,9 +27,10 @@ import asyncio
 import contextlib
 import enum
 import hashlib
+import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -39,6 +41,7 @@ from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
 from xpunet.p4rt.errors import TargetError, UpdateError, classify
+from xpunet.p4rt.wire import frame_write_request
 
 log = logging.getLogger(__name__)
 
@@ -134,38 +137,6 @@ def map_rpc_error(exc: grpc.aio.AioRpcError, *, offset: int = 0, what: str = "")
     return classify(code, message, tuple(updates))
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_UPDATES_TAG = _varint((p4runtime_pb2.WriteRequest.DESCRIPTOR.fields_by_name["updates"].number << 3) | 2)
-_UPDATE_PREFIX = [_UPDATES_TAG + _varint(n) for n in range(4096)]
-
-
-def encode_write_request(
-    header: p4runtime_pb2.WriteRequest, updates: Sequence[p4runtime_pb2.Update]
-) -> bytes:
-    """Serialise a WriteRequest without copying ``updates`` into it.
-
-    Appending each update's own encoding as a ``updates`` field is exactly the
-    wire form of the repeated field, and half the cost of ``updates.extend``
-    (which deep-copies every message) followed by serialisation.
-    """
-    parts = [header.SerializeToString()]
-    prefix = _UPDATE_PREFIX
-    for update in updates:
-        data = update.SerializeToString()
-        n = len(data)
-        parts.append(prefix[n] if n < 4096 else _UPDATES_TAG + _varint(n))
-        parts.append(data)
-    return b"".join(parts)
-
-
 def _uint128(value: int) -> p4runtime_pb2.Uint128:
     return p4runtime_pb2.Uint128(high=value >> 64, low=value & _U64)
 
@@ -216,7 +187,7 @@ class P4RuntimeClient:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.aio.secure_channel(self.settings.address, creds, options=options)
         self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)  # type: ignore[no-untyped-call]
-        # Write takes pre-encoded bytes (see encode_write_request).
+        # Write takes a pre-encoded request (see write_encoded).
         self._write_raw = self._channel.unary_unary(
             "/p4.v1.P4Runtime/Write", response_deserializer=p4runtime_pb2.WriteResponse.FromString
         )
@@ -446,33 +417,66 @@ class P4RuntimeClient:
         *,
         atomicity: p4runtime_pb2.WriteRequest.Atomicity = p4runtime_pb2.WriteRequest.CONTINUE_ON_ERROR,
     ) -> None:
-        """Send ``updates`` in order, in batches of at most ``max_batch``.
+        """Send ``updates`` in order, in batches of at most ``max_batch`` (see :meth:`write_encoded`)."""
+        await self.write_encoded([u.SerializeToString() for u in updates], atomicity=atomicity)
+
+    async def write_encoded(
+        self,
+        updates: Iterable[bytes],
+        *,
+        atomicity: p4runtime_pb2.WriteRequest.Atomicity = p4runtime_pb2.WriteRequest.CONTINUE_ON_ERROR,
+    ) -> None:
+        """Send serialised ``p4.v1.Update`` messages in order, in batches of at most ``max_batch``.
+
+        ``updates`` is consumed lazily, one batch at a time, and the next batch
+        is taken from it while the previous Write is in flight: a generator that
+        encodes on demand keeps memory bounded by two batches however many
+        updates there are, and its encoding overlaps the target's work.  One
+        Write is in flight at a time, so batches are applied in order.
 
         Every batch is sent even when an earlier one had rejected updates; the
-        rejections are raised together at the end (indexes into ``updates``).
-        A failure of a whole call (target unreachable, not primary) is raised at
-        once: the batches before it were applied, the rest were not sent.
+        rejections are raised together at the end (indexes count from the first
+        update).  A failure of a whole call (target unreachable, not primary) is
+        raised at once: the batches before it were applied, the rest were not sent.
         """
         rejected: list[UpdateError] = []
         size = self.settings.max_batch
-        for start in range(0, len(updates), size):
-            header = p4runtime_pb2.WriteRequest(
-                device_id=self.settings.device_id,
-                role=self.settings.role,
-                election_id=_uint128(self._election_id),
-                atomicity=atomicity,
-            )
-            request = encode_write_request(header, updates[start : start + size])
+        header = p4runtime_pb2.WriteRequest(
+            device_id=self.settings.device_id,
+            role=self.settings.role,
+            election_id=_uint128(self._election_id),
+            atomicity=atomicity,
+        ).SerializeToString()
+        source = iter(updates)
+        batch = list(itertools.islice(source, size))
+        start = 0
+        while batch:
+            call = self._write_raw(frame_write_request(header, batch), timeout=self.settings.rpc_timeout)
             try:
-                await self._write_raw(request, timeout=self.settings.rpc_timeout)
+                # Let the call go out before encoding the next batch (the target works meanwhile).
+                await asyncio.sleep(0)
+            except BaseException:
+                call.cancel()
+                raise
+            try:
+                following = list(itertools.islice(source, size))
+            except Exception:
+                # The source failed: finish the Write in flight, so every batch sent is settled.
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await call
+                raise
+            try:
+                await call
             except grpc.aio.AioRpcError as exc:
                 error = map_rpc_error(exc, offset=start, what="Write")
                 if not error.updates:
                     raise error from exc
                 rejected.extend(error.updates)
+            start += len(batch)
+            batch = following
         if rejected:
             raise classify(
-                "UNKNOWN", f"Write: {len(rejected)} of {len(updates)} update(s) rejected", tuple(rejected)
+                "UNKNOWN", f"Write: {len(rejected)} of {start} update(s) rejected", tuple(rejected)
             )
 
     # ----------------------------------------------------------------- read

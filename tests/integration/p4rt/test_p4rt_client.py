@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 
 import pytest
@@ -175,3 +175,44 @@ async def test_delete_then_read_back_empty(connect: ClientFactory) -> None:
         await client.write(updates(DELETE, batch))
         assert await client.read_table_entries() == []
         assert await client.api_version()
+
+
+async def test_write_encoded_pulls_at_most_one_batch_ahead(connect: ClientFactory, softipu: SoftIpu) -> None:
+    size, count = 4, 22
+    entries = [lpm_entry(0x0A000000 + (i << 8), 24) for i in range(count)]
+    applied_when_pulled: list[int] = []
+
+    def source() -> Iterator[bytes]:
+        for u in updates(INSERT, entries):
+            applied_when_pulled.append(softipu.write_generation)
+            yield u.SerializeToString()
+
+    async with connect(election_id=1, max_batch=size) as client:
+        async with asyncio.timeout(WAIT):
+            await client.wait_primary()
+        await client.set_pipeline(sample_p4info())
+        first = softipu.write_generation
+        await client.write_encoded(source())
+        assert softipu.write_generation - first == -(-count // size)
+        # Batch j is encoded only once batches 0 .. j-2 are acknowledged: two batches in memory at most.
+        for i, generation in enumerate(applied_when_pulled):
+            assert generation - first >= i // size - 1
+        assert len(await client.read_table_entries(LPM_TABLE)) == count
+
+
+async def test_write_encoded_source_failure_keeps_the_acknowledged_batches(
+    connect: ClientFactory,
+) -> None:
+    def source() -> Iterator[bytes]:
+        for u in updates(INSERT, [lpm_entry(0x0A000000 + (i << 8), 24) for i in range(7)]):
+            yield u.SerializeToString()
+        raise ValueError("encoder broke")
+
+    async with connect(election_id=1, max_batch=3) as client:
+        async with asyncio.timeout(WAIT):
+            await client.wait_primary()
+        await client.set_pipeline(sample_p4info())
+        with pytest.raises(ValueError, match="encoder broke"):
+            await client.write_encoded(source())
+        # The two batches sent were settled before the error surfaced; nothing else was sent.
+        assert len(await client.read_table_entries(LPM_TABLE)) == 6

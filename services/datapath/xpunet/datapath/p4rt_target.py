@@ -11,7 +11,10 @@ Implements :class:`xpunet.datapath.target.Target` over
   (RECONCILE_AND_COMMIT keeps the entries; a target without a pipeline gets
   VERIFY_AND_COMMIT), so a datapath restart leaves forwarding alone;
 * **apply** — one Write call sequence per phase, CONTINUE_ON_ERROR, so the
-  per-update rejections come back and the rest of the phase still applies.
+  per-update rejections come back and the rest of the phase still applies;
+  a phase is encoded straight to wire bytes (:meth:`EntryCodec.encode_update`)
+  a batch at a time while the previous batch is in flight, and the next phase
+  starts only once every batch of the previous one is acknowledged.
 """
 
 from __future__ import annotations
@@ -163,9 +166,10 @@ class P4RuntimeTarget:
         for phase in phases:
             if not phase:
                 continue
-            messages = self.codec.updates(phase)
             try:
-                await self.client.write(messages)
+                # Encoded lazily, a batch at a time, while the previous batch is in flight: memory stays
+                # bounded by two batches however big the phase (a node from empty is one huge phase).
+                await self.client.write_encoded(map(self.codec.encode_update, phase))
             except TargetError as exc:
                 if not exc.updates:
                     if exc.code == "FAILED_PRECONDITION":
