@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from xpunet.bus.api import InSync, KVEntry
-from xpunet.bus.errors import CasConflict, InvalidKey
+from xpunet.bus.errors import BusError, CasConflict, InvalidKey
 from xpunet.bus.nats import NatsBus, NatsStateStore
 from xpunet.embedded.nats import NatsServer
 from xpunet.testing.nats import take
@@ -164,3 +164,32 @@ async def test_buckets_are_isolated(bus: NatsBus, kv: NatsStateStore) -> None:
         assert await kv.get("k") is None
     finally:
         await bus.delete_kv(other.bucket)
+
+
+async def test_put_many_rejects_an_oversized_value_by_name_before_writing(kv: NatsStateStore) -> None:
+    too_big = b"x" * (2 * 1024 * 1024)  # the embedded server's max_payload is 1 MiB
+    with pytest.raises(BusError, match=r"obj\.big is 2097152 bytes"):
+        await kv.put_many({"obj.small": b"v", "obj.big": too_big})
+    assert await kv.get("obj.small") is None
+
+
+async def test_put_many_into_a_deleted_bucket_names_the_failed_keys(bus: NatsBus, bucket_name: str) -> None:
+    store = await bus.kv(bucket_name + "-gone")
+    await bus.delete_kv(store.bucket)
+    with pytest.raises(BusError, match=r"2 of 2 writes rejected: a: .*no stream answered"):
+        await store.put_many({"a": b"1", "b": b"2"})
+
+
+async def test_large_values_cross_read_boundaries_intact(kv: NatsStateStore) -> None:
+    # Values larger than one socket read, with and without headers, written and watched.
+    values = {f"big.{i}": bytes([i]) * (100_000 + i * 7919) for i in range(12)}
+    values["big.headers"] = b"h" * 70_000
+    await kv.put_many({k: v for k, v in values.items() if k != "big.headers"})
+    await kv.put_many({"big.headers": values["big.headers"]}, headers={"x-note": "kept"})
+    async with contextlib.aclosing(kv.watch("big.")) as watch:
+        items = await take(watch, len(values) + 1)
+    assert isinstance(items[-1], InSync)
+    assert dict(_entries(items)) == values
+    assert [i.headers for i in items if isinstance(i, KVEntry) and i.key == "big.headers"] == [
+        {"x-note": "kept"}
+    ]

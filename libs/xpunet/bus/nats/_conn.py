@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsPySubscription
 
 from xpunet.bus.api import Message
 from xpunet.bus.backoff import Backoff
 from xpunet.bus.errors import BucketNotFound, BusClosed, BusUnavailable
 from xpunet.bus.keys import validate_bucket
+from xpunet.bus.nats._client import LeanClient, parse_headers
 from xpunet.bus.nats._errors import mapped_errors
 from xpunet.bus.tracing import inject_headers
 
@@ -30,11 +29,6 @@ if TYPE_CHECKING:
     from xpunet.bus.nats._watch import KVWatch
 
 logger = logging.getLogger(__name__)
-
-# Subscriptions hand every message to our own queue at once, so nats-py's
-# slow-consumer limits should never be what drops a message.
-SUB_PENDING_MSGS = 4_000_000
-SUB_PENDING_BYTES = 1 << 30
 
 
 class NatsSubscription:
@@ -48,16 +42,13 @@ class NatsSubscription:
 
     async def _start(self, queue: str) -> None:
         with mapped_errors(f"subscribe {self._subject}"):
-            self._sub = await self._bus.client.subscribe(
-                self._subject,
-                queue=queue,
-                cb=self._on_msg,
-                pending_msgs_limit=SUB_PENDING_MSGS,
-                pending_bytes_limit=SUB_PENDING_BYTES,
-            )
+            self._sub = await self._bus.client.subscribe_direct(self._subject, self._on_msg, queue=queue)
 
-    async def _on_msg(self, msg: Msg) -> None:
-        self._queue.put_nowait(Message(msg.subject, msg.data, msg.headers or {}, msg.reply))
+    def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        # Called from the connection's reader (a direct subscription): queue it, nothing more.
+        self._queue.put_nowait(
+            Message(subject.decode(), data, parse_headers(headers) if headers else {}, reply.decode())
+        )
 
     def __aiter__(self) -> Self:
         return self
@@ -87,7 +78,7 @@ class NatsSubscription:
 class NatsBus:
     """A ``xpunet.bus.api.Bus`` over one nats-py connection (made by ``connect``)."""
 
-    def __init__(self, client: Client, *, backoff: Backoff, request_timeout: float) -> None:
+    def __init__(self, client: LeanClient, *, backoff: Backoff, request_timeout: float) -> None:
         self.client = client
         self.backoff = backoff
         self.request_timeout = request_timeout
@@ -242,7 +233,7 @@ async def connect(
         attempt = min((s.reconnects for s in pool), default=0)
         return None, backoff.delay(attempt)
 
-    client = Client()
+    client = LeanClient()
     try:
         await asyncio.wait_for(
             client.connect(

@@ -22,8 +22,9 @@ from nats.aio.msg import Msg
 from xpunet.bus.api import InSync, KVEntry
 from xpunet.bus.errors import BusError, BusUnavailable, CasConflict
 from xpunet.bus.keys import validate_key
+from xpunet.bus.nats._client import encode_headers, parse_headers, pub_command
 from xpunet.bus.nats._errors import ERR_WRONG_LAST_SEQUENCE, ApiError, mapped_errors, parse_api_response
-from xpunet.bus.nats._watch import KVWatch
+from xpunet.bus.nats._watch import KVWatch, user_headers
 from xpunet.bus.tracing import inject_headers
 
 if TYPE_CHECKING:
@@ -41,16 +42,27 @@ EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 PUT_MANY_WINDOW = 2048
 
 
-def user_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
-    """The application's headers of a stored message (trace context), without NATS/KV bookkeeping."""
-    if not headers:
-        return {}
-    return {
-        name: value
-        for name, value in headers.items()
-        if not name.startswith(("Nats-", "NATS-", "nats-"))
-        and name not in (KV_OPERATION, "Status", "Description")
-    }
+def ack_sequence(data: bytes) -> int:
+    """The stream sequence in a publish ack ``{"stream":"KV_b","seq":N,...}``.
+
+    The ack is tiny and its shape fixed, so ``"seq":`` is found by hand
+    (a few times cheaper than ``json.loads`` per acked write); anything
+    unexpected, including an error answer, goes through the JSON parser and
+    raises ``ApiError`` or ``BusError`` as it would.
+    """
+    at = data.find(b'"seq":')
+    if at > 0 and b'"error"' not in data:
+        start = at + 6
+        stop = data.find(b",", start)
+        if stop < 0:
+            stop = data.find(b"}", start)
+        digits = data[start:stop].strip()
+        if digits.isdigit():
+            return int(digits)
+    seq = parse_api_response(data).get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise BusError(f"ack without a sequence: {data[:80]!r}")
+    return seq
 
 
 class _Batch:
@@ -65,18 +77,27 @@ class _Batch:
         self.errors: list[tuple[str, str]] = []
         self.progress = asyncio.Event()
 
-    def on_ack(self, index: int, data: bytes) -> None:
+    def on_ack(self, index: bytes, data: bytes, headers: bytes | None) -> None:
         self.outstanding -= 1
         try:
-            resp = parse_api_response(data)
-            seq = resp["seq"]
-            if not isinstance(seq, int):
-                raise BusError(f"ack without a sequence: {data[:80]!r}")
-            self.last_seq = max(self.last_seq, seq)
-        except (ApiError, BusError, KeyError) as exc:
-            self.errors.append((self.keys[index], str(exc)))
+            if headers is not None and not data:
+                hdrs = parse_headers(headers)
+                if hdrs.get("Status") == "503":
+                    raise BusUnavailable("no stream answered (bucket deleted?)")
+                raise BusError(f"status {hdrs.get('Status')} {hdrs.get('Description', '')}".rstrip())
+            seq = ack_sequence(data)
+            if seq > self.last_seq:
+                self.last_seq = seq
+        except (ApiError, BusError) as exc:
+            self.errors.append((self._key(index), str(exc)))
         if self.outstanding <= PUT_MANY_WINDOW // 2:
             self.progress.set()
+
+    def _key(self, index: bytes) -> str:
+        try:
+            return self.keys[int(index)]
+        except (ValueError, IndexError):
+            return f"<ack {index.decode(errors='replace')!r}>"
 
 
 class AckRouter:
@@ -85,7 +106,8 @@ class AckRouter:
     def __init__(self, bus: NatsBus) -> None:
         self._bus = bus
         self._prefix = ""
-        self._batches: dict[str, _Batch] = {}
+        self._prefix_len = 0
+        self._batches: dict[bytes, _Batch] = {}
         self._ids = itertools.count()
         self._lock = asyncio.Lock()
 
@@ -93,34 +115,27 @@ class AckRouter:
         async with self._lock:
             if not self._prefix:
                 prefix = self._bus.new_inbox() + "."
+                self._prefix_len = len(prefix)
                 with mapped_errors("subscribe to put_many acks"):
-                    await self._bus.client.subscribe(
-                        prefix + ">",
-                        cb=self._on_ack,
-                        pending_msgs_limit=4_000_000,
-                        pending_bytes_limit=1 << 30,
-                    )
+                    await self._bus.client.subscribe_direct(prefix + ">", self._on_ack)
                 self._prefix = prefix
         return self._prefix
 
     def open(self, keys: list[str]) -> tuple[str, _Batch]:
         batch_id = str(next(self._ids))
         batch = _Batch(keys)
-        self._batches[batch_id] = batch
+        self._batches[batch_id.encode()] = batch
         return batch_id, batch
 
     def close(self, batch_id: str) -> None:
-        self._batches.pop(batch_id, None)
+        self._batches.pop(batch_id.encode(), None)
 
-    async def _on_ack(self, msg: Msg) -> None:
-        batch_id, _, index = msg.subject[len(self._prefix) :].partition(".")
+    def _on_ack(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
+        batch_id, _, index = subject[self._prefix_len :].partition(b".")
         batch = self._batches.get(batch_id)
         if batch is None:
             return  # a late ack of a batch that gave up
-        try:
-            batch.on_ack(int(index), msg.data)
-        except (ValueError, IndexError):
-            logger.warning("ignoring malformed put_many ack on %s", msg.subject)
+        batch.on_ack(index, data, headers)
 
 
 class NatsStateStore:
@@ -267,32 +282,51 @@ class NatsStateStore:
             return 0
         put_headers = inject_headers(headers)
         del_headers = {**(put_headers or {}), KV_OPERATION: OP_DELETE}
+        client = self._bus.client
+        what = f"put_many to {self._bucket}"
+        with mapped_errors(what):
+            # Encoded once per batch, not once per message.
+            put_block = encode_headers(put_headers) if put_headers else None
+            del_block = encode_headers(del_headers)
+        limit = client.max_payload
+        for key, value in items:
+            if value is not None and len(value) + (len(put_block) if put_block else 0) > limit:
+                raise BusError(f"{what}: value of {key} is {len(value)} bytes, the server's limit is {limit}")
         prefix = await self._bus.acks.prefix()
         batch_id, batch = self._bus.acks.open([key for key, _ in items])
-        reply_base = f"{prefix}{batch_id}."
-        publish = self._bus.client.publish
-        pre = self._pre
+        reply_base = f"{prefix}{batch_id}.".encode()
+        pre = self._pre.encode()
         timeout = self._bus.request_timeout
-        what = f"put_many to {self._bucket}"
+        total = len(items)
         try:
             with mapped_errors(what):
-                for index, (key, value) in enumerate(items):
+                index = 0
+                while index < total:
                     while batch.outstanding >= PUT_MANY_WINDOW:
                         batch.progress.clear()
-                        await self._wait_progress(batch, timeout, what, len(items))
-                    batch.outstanding += 1
-                    if value is None:
-                        await publish(pre + key, b"", reply=reply_base + str(index), headers=del_headers)
-                    else:
-                        await publish(pre + key, value, reply=reply_base + str(index), headers=put_headers)
+                        await self._wait_progress(batch, timeout, what, total)
+                    stop = min(total, index + PUT_MANY_WINDOW - batch.outstanding)
+                    commands = []
+                    size = 0
+                    for i in range(index, stop):
+                        key, value = items[i]
+                        reply = reply_base + str(i).encode()
+                        if value is None:
+                            commands.append(pub_command(pre + key.encode(), reply, b"", del_block))
+                        else:
+                            size += len(value)
+                            commands.append(pub_command(pre + key.encode(), reply, value, put_block))
+                    batch.outstanding += stop - index
+                    await client.send_prepared(commands, messages=stop - index, payload_bytes=size)
+                    index = stop
                 while batch.outstanding > 0:
                     batch.progress.clear()
-                    await self._wait_progress(batch, timeout, what, len(items))
+                    await self._wait_progress(batch, timeout, what, total)
         finally:
             self._bus.acks.close(batch_id)
         if batch.errors:
             shown = "; ".join(f"{key}: {err}" for key, err in batch.errors[:5])
-            raise BusError(f"{what}: {len(batch.errors)} of {len(items)} writes rejected: {shown}")
+            raise BusError(f"{what}: {len(batch.errors)} of {total} writes rejected: {shown}")
         return batch.last_seq
 
     @staticmethod

@@ -28,14 +28,15 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Self
 
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsPySubscription
 
 from xpunet.bus.api import InSync, KVEntry
 from xpunet.bus.errors import BusError
 from xpunet.bus.keys import prefix_filter
+from xpunet.bus.nats._client import parse_headers
 from xpunet.bus.nats._errors import ApiError, mapped_errors, parse_api_response
 
 if TYPE_CHECKING:
@@ -55,6 +56,18 @@ _MARKER_REASONS: Final = frozenset({"MaxAge", "Purge", "Remove"})
 
 
 _CLOSE = "close"
+
+
+def user_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The application's headers of a stored message (trace context), without NATS/KV bookkeeping."""
+    if not headers:
+        return {}
+    return {
+        name: value
+        for name, value in headers.items()
+        if not name.startswith(("Nats-", "NATS-", "nats-"))
+        and name not in ("KV-Operation", "Status", "Description")
+    }
 
 
 class KVWatch:
@@ -84,7 +97,7 @@ class KVWatch:
         self._snapshot_keys: set[str] | None = set()  # keys handed out in the snapshot (until InSync)
         self._started = False
         self._closed = False
-        self._last_activity = 0.0
+        self._activity = 0  # messages and incarnations so far: the heartbeat monitor watches it move
         self._monitor: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -158,15 +171,16 @@ class KVWatch:
 
     # -- consumer lifecycle -------------------------------------------------
 
-    async def _on_msg(self, msg: Msg, gen: int) -> None:
+    def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None, gen: int) -> None:
+        """Called by the connection's reader for each delivered message (a direct subscription)."""
         if gen != self._gen or self._halted:
             return  # from an abandoned incarnation: the next one redelivers from the last revision
-        self._last_activity = asyncio.get_running_loop().time()
+        self._activity += 1
         try:
-            action = self._handle(msg)
+            action = self._handle(subject, reply, data, headers)
         except Exception:
             # A broken message must not end the watch: log it and go on.
-            logger.exception("kv watch %s: skipping message it cannot interpret: %r", self, msg.subject)
+            logger.exception("kv watch %s: skipping message it cannot interpret: %r", self, subject)
             return
         if action is not None:
             if not action.startswith("reply:"):
@@ -224,12 +238,12 @@ class KVWatch:
             try:
                 with mapped_errors(f"watch {self._store.bucket}/{self._prefix}*"):
 
-                    async def deliver(msg: Msg, gen: int = gen) -> None:
-                        await self._on_msg(msg, gen)
+                    def deliver(
+                        subject: bytes, reply: bytes, data: bytes, headers: bytes | None, gen: int = gen
+                    ) -> None:
+                        self._on_msg(subject, reply, data, headers, gen)
 
-                    self._sub = await self._bus.client.subscribe(
-                        inbox, cb=deliver, pending_msgs_limit=4_000_000, pending_bytes_limit=1 << 30
-                    )
+                    self._sub = await self._bus.client.subscribe_direct(inbox, deliver)
                     request = {"stream_name": self._store.stream, "config": self._consumer_config(inbox)}
                     resp_msg = await self._bus.client.request(
                         f"$JS.API.CONSUMER.CREATE.{self._store.stream}",
@@ -244,7 +258,7 @@ class KVWatch:
                 await asyncio.sleep(delay)
                 continue
             self._consumer = str(resp.get("name", ""))
-            self._last_activity = asyncio.get_running_loop().time()
+            self._activity += 1
             if reason != "start":
                 logger.info("kv watch %s: consumer re-created after %s", self, reason)
             delivered = resp.get("delivered")
@@ -254,12 +268,21 @@ class KVWatch:
             return
 
     async def _watch_heartbeats(self) -> None:
+        # Messages only bump a counter (cheaper than reading the clock per message); silence is
+        # measured here, from the last tick at which the counter moved.
         loop = asyncio.get_running_loop()
+        seen = self._activity
+        quiet_since = loop.time()
         while True:
             await asyncio.sleep(HEARTBEAT)
-            silent = loop.time() - self._last_activity
+            now = loop.time()
+            if self._activity != seen:
+                seen = self._activity
+                quiet_since = now
+                continue
+            silent = now - quiet_since
             if silent > STALE_AFTER * HEARTBEAT and self._bus.connected:
-                self._last_activity = loop.time()  # one reset per silence, not one per tick
+                quiet_since = now  # one reset per silence, not one per tick
                 self.request_reset(f"no heartbeat for {silent:.1f}s")
 
     # -- messages -----------------------------------------------------------
@@ -269,33 +292,33 @@ class KVWatch:
         self._snapshot_keys = None
         self._ready.append(InSync(self._last_seq))
 
-    def _handle(self, msg: Msg) -> str | None:
+    def _handle(self, subject: bytes, reply: bytes, data: bytes, raw_headers: bytes | None) -> str | None:
         """Interpret one delivered message; returns an action for the caller (reset / reply) or None."""
-        headers = msg.headers
-        if headers is not None and "Status" in headers and not msg.data:
-            return self._handle_status(msg, headers)
-        tokens = msg.reply.split(".")
+        headers = None
+        if raw_headers is not None:
+            headers = parse_headers(raw_headers)
+            if not data and "Status" in headers:
+                return self._handle_status(headers)
+        tokens = reply.split(b".")
         if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
             sseq, dseq, pending = int(tokens[5]), int(tokens[6]), int(tokens[8])
         elif len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>...
             sseq, dseq, pending = int(tokens[7]), int(tokens[8]), int(tokens[10])
         else:
-            raise BusError(f"unexpected JetStream reply subject {msg.reply!r}")
+            raise BusError(f"unexpected JetStream reply subject {reply!r}")
         if dseq != self._dseq + 1:
             return f"gap in consumer sequence (expected {self._dseq + 1}, got {dseq})"
         self._dseq = dseq
         if sseq > self._last_seq:
             self._last_seq = sseq
-            key = msg.subject[self._pre_len :]
+            key = subject[self._pre_len :].decode()
             if self._exact or key.startswith(self._prefix):
-                self._emit(key, msg, sseq, headers)
+                self._emit(key, data, sseq, headers)
         if pending == 0 and not self._in_sync:
             self._mark_in_sync()
         return None
 
-    def _emit(self, key: str, msg: Msg, sseq: int, headers: dict[str, str] | None) -> None:
-        from xpunet.bus.nats._kv import user_headers
-
+    def _emit(self, key: str, data: bytes, sseq: int, headers: dict[str, str] | None) -> None:
         deleted = False
         if headers:
             op = headers.get("KV-Operation")
@@ -313,10 +336,10 @@ class KVWatch:
                 snapshot.discard(key)
             else:
                 snapshot.add(key)
-        value = None if deleted else msg.data
-        self._ready.append(KVEntry(key, value, sseq, user_headers(headers)))
+        value = None if deleted else data
+        self._ready.append(KVEntry(key, value, sseq, user_headers(headers) if headers else {}))
 
-    def _handle_status(self, msg: Msg, headers: dict[str, str]) -> str | None:
+    def _handle_status(self, headers: dict[str, str]) -> str | None:
         status = headers.get("Status")
         description = headers.get("Description", "")
         if status == "100":
