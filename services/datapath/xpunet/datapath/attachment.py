@@ -31,13 +31,14 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from xpunet.bus.api import InSync, StateStore
 from xpunet.bus.errors import BusError
 from xpunet.datapath.attach.core import AttachmentRecord, PodEndpoint
 from xpunet.datapath.attach.settings import DEFAULT_STATE, AttachSettings, TlsFiles
-from xpunet.datapath.attach.vnic import VnicKind
+from xpunet.datapath.attach.vnic import Vnic, VnicKind
+from xpunet.ipam.ranges import IpAddress
 from xpunet.model.objects import Node
 from xpunet.wire import WireError, decode_k8s
 
@@ -255,15 +256,15 @@ async def _wait_for_node(k8s: StateStore, node: str) -> tuple[str, ...]:
 
 def _kernel_routed_veth(settings: AttachSettings) -> VnicBackend:
     """The veth back-end without host routes: the kernel target installs them from the fib entries."""
+    # Imported here: the veth back-end loads pyroute2, which a softipu/p4rt datapath never needs.
     from xpunet.datapath.attach.veth import VethBackend
     from xpunet.ipam import node_ranges
-    from xpunet.ipam.ranges import IpAddress
 
     class KernelRoutedVeth(VethBackend):
-        async def bind(self, vnic: Any, addresses: Sequence[IpAddress]) -> None:
+        async def bind(self, vnic: Vnic, addresses: Sequence[IpAddress]) -> None:
             return None
 
-        async def unbind(self, vnic: Any, addresses: Sequence[IpAddress]) -> None:
+        async def unbind(self, vnic: Vnic, addresses: Sequence[IpAddress]) -> None:
             return None
 
     return KernelRoutedVeth(
@@ -328,6 +329,12 @@ async def wired(
             set_names = getattr(target, "set_port_names", None)
             if set_names is not None:
                 await set_names(dict(uplinks))
+        if not uplinks and hasattr(target, "set_port_names"):
+            log.warning(
+                "datapath %s: no datapath.kernel_uplinks: packets from other nodes enter on no known port "
+                "and are dropped",
+                service.node,
+            )
         yield
     finally:
         if attachment is not None:
