@@ -32,6 +32,12 @@ Decoding ignores unknown keys (newer writers), applies the dataclass default
 for a missing key (older writers), and raises ``WireError`` naming the class
 and the field path for a missing required field or a value of the wrong shape.
 Only classes whose type hints resolve at module level are supported.
+
+Speed: each class's plan is also compiled into straight-line Python
+(``_codegen``), which handles the common case and hands anything unexpected
+to the plan's interpreter here, so results and errors are the interpreter's.
+``from_wire_reference``/``to_wire_reference`` run the interpreter alone
+(tests check the two agree).
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
 from xpunet.model.objects import Labels
+from xpunet.wire import _codegen
 
 __all__ = ["WireError", "from_wire", "to_wire"]
 
 T = TypeVar("T")
 Encoder = Callable[[Any], Any]
+MapEncoder = Callable[[Any], dict[str, Any]]
 Decoder = Callable[[Any], Any]
 UNION_TAG: Final = "_t"
 _MISSING: Final = object()
@@ -93,13 +101,30 @@ def _typename(value: Any) -> str:
 def to_wire(obj: Any) -> dict[str, Any]:
     """The wire map of a dataclass instance."""
     cls = type(obj)
-    codec = _CODECS.get(cls) or _class_codec(cls)
+    codec = _CODECS.get(cls) or _class_codec(cls, _COMPILED)
     return codec.encode(obj)
 
 
 def from_wire(cls: type[T], data: Any) -> T:
     """Rebuild a ``cls`` from its wire map.  Raises ``WireError`` if the map does not fit."""
-    codec = _CODECS.get(cls) or _class_codec(cls)
+    codec = _CODECS.get(cls) or _class_codec(cls, _COMPILED)
+    try:
+        result: T = codec.decode(data)
+    except _ShapeError as exc:
+        raise WireError(cls.__qualname__, exc.render_path(), exc.problem) from None
+    return result
+
+
+def to_wire_reference(obj: Any) -> dict[str, Any]:
+    """``to_wire`` by the plan interpreter alone, without generated code (for tests and debugging)."""
+    cls = type(obj)
+    codec = _REFERENCE.codecs.get(cls) or _class_codec(cls, _REFERENCE)
+    return codec.encode(obj)
+
+
+def from_wire_reference(cls: type[T], data: Any) -> T:
+    """``from_wire`` by the plan interpreter alone, without generated code (for tests and debugging)."""
+    codec = _REFERENCE.codecs.get(cls) or _class_codec(cls, _REFERENCE)
     try:
         result: T = codec.decode(data)
     except _ShapeError as exc:
@@ -109,16 +134,49 @@ def from_wire(cls: type[T], data: Any) -> T:
 
 # --- per-class codecs ------------------------------------------------------------------
 
-_CODECS: dict[type, _ClassCodec] = {}
+
+class _Registry:
+    """Codecs by class; ``compiled`` registries also generate straight-line code per class."""
+
+    __slots__ = ("codecs", "compiled")
+
+    def __init__(self, *, compiled: bool) -> None:
+        self.codecs: dict[type, _ClassCodec] = {}
+        self.compiled = compiled
+
+
+_COMPILED = _Registry(compiled=True)
+_REFERENCE = _Registry(compiled=False)
+_CODECS = _COMPILED.codecs
 
 
 class _ClassCodec:
-    """The encoder and decoder of one dataclass, built from its type hints once."""
+    """The encoder and decoder of one dataclass, built from its type hints once.
 
-    __slots__ = ("cls", "decode_plan", "encode_plan")
+    ``encode``/``decode`` are the generated functions once built (in a
+    compiled registry), else the plan interpreters ``encode_plan_``/``decode_plan_``.
+    """
 
-    def __init__(self, cls: type) -> None:
+    __slots__ = (
+        "cls",
+        "decode",
+        "decode_plan",
+        "encode",
+        "encode_plan",
+        "fallbacks",
+        "ready",
+        "registry",
+        "source",
+    )
+
+    def __init__(self, cls: type, registry: _Registry) -> None:
         self.cls = cls
+        self.registry = registry
+        self.ready = False
+        self.source = ""  # the generated code, if any
+        self.fallbacks = 0  # maps the generated decoder handed to the interpreter (tests watch it)
+        self.encode: MapEncoder = self.encode_plan_
+        self.decode: Decoder = self.decode_plan_
         # (attribute, key, encoder or None for identity)
         self.encode_plan: tuple[tuple[str, str, Encoder | None], ...] = ()
         # (attribute, key, fast type or None, decoder, required)
@@ -131,28 +189,59 @@ class _ClassCodec:
             raise TypeError(f"wire: cannot resolve the type hints of {self.cls.__qualname__}: {exc}") from exc
         encode_plan = []
         decode_plan = []
+        specs = []
         for f in dataclasses.fields(self.cls):
             if not f.init:
                 continue
             key = f.metadata.get("wire", f.name)
             try:
-                conv = _converter(hints[f.name])
+                conv = _converter(hints[f.name], self.registry)
             except TypeError as exc:
                 raise TypeError(f"wire: {self.cls.__qualname__}.{f.name}: {exc}") from None
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             encode_plan.append((f.name, key, conv.encode))
             decode_plan.append((f.name, key, conv.fast, conv.decode, required))
+            specs.append(
+                _codegen.FieldSpec(
+                    f.name,
+                    key,
+                    hints[f.name],
+                    conv.encode,
+                    conv.decode,
+                    conv.fast,
+                    required,
+                    f.default,
+                    f.default_factory,
+                )
+            )
         self.encode_plan = tuple(encode_plan)
         self.decode_plan = tuple(decode_plan)
+        if self.registry.compiled:
+            try:
+                generated = _codegen.generate(
+                    self.cls,
+                    specs,
+                    codec_of=lambda tp: self.registry.codecs[tp],
+                    generic_decode=self._fallback,
+                )
+            except ValueError:
+                pass  # a field that cannot be named in code: the interpreter serves this class
+            else:
+                self.encode, self.decode, self.source = generated.encode, generated.decode, generated.source
+        self.ready = True
 
-    def encode(self, obj: Any) -> dict[str, Any]:
+    def encode_plan_(self, obj: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for attr, key, enc in self.encode_plan:
             value = getattr(obj, attr)
             out[key] = value if enc is None else enc(value)
         return out
 
-    def decode(self, data: Any) -> Any:
+    def _fallback(self, data: Any) -> Any:
+        self.fallbacks += 1
+        return self.decode_plan_(data)
+
+    def decode_plan_(self, data: Any) -> Any:
         if not isinstance(data, dict | Mapping):
             raise _ShapeError(f"expected a map for {self.cls.__qualname__}, got {_typename(data)}")
         kwargs: dict[str, Any] = {}
@@ -175,15 +264,15 @@ class _ClassCodec:
             raise _ShapeError(f"rejected by {self.cls.__qualname__}: {exc}") from None
 
 
-def _class_codec(cls: type) -> _ClassCodec:
+def _class_codec(cls: type, registry: _Registry) -> _ClassCodec:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"wire: {cls.__qualname__} is not a dataclass")
-    codec = _ClassCodec(cls)
-    _CODECS[cls] = codec  # before building, so recursive types find it
+    codec = _ClassCodec(cls, registry)
+    registry.codecs[cls] = codec  # before building, so recursive types find it
     try:
         codec.build()
     except BaseException:
-        del _CODECS[cls]
+        del registry.codecs[cls]
         raise
     return codec
 
@@ -198,7 +287,7 @@ class _Conv:
     fast: type | None = None  # a wire value of exactly this type is already correct
 
 
-def _converter(tp: Any) -> _Conv:
+def _converter(tp: Any, reg: _Registry) -> _Conv:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is type(None) or tp is None:
@@ -214,24 +303,27 @@ def _converter(tp: Any) -> _Conv:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _enum(tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        codec = _CODECS.get(tp) or _class_codec(tp)
-        return _Conv(codec.encode, codec.decode)
+        codec = reg.codecs.get(tp) or _class_codec(tp, reg)
+        if codec.ready:
+            return _Conv(codec.encode, codec.decode)
+        # A recursive type, still being built: look its functions up when called.
+        return _Conv(lambda v: codec.encode(v), lambda v: codec.decode(v))
     if origin is typing.Literal:
         return _literal(args)
     if origin in (typing.Union, types.UnionType):
-        return _union(args)
+        return _union(args, reg)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return _sequence(_converter(args[0]), tuple)
-        return _fixed_tuple(tuple(_converter(a) for a in args))
+            return _sequence(_converter(args[0], reg), tuple)
+        return _fixed_tuple(tuple(_converter(a, reg) for a in args))
     if origin is list:
-        return _sequence(_converter(args[0]), list)
+        return _sequence(_converter(args[0], reg), list)
     if origin is frozenset:
-        return _frozenset(_converter(args[0]))
+        return _frozenset(_converter(args[0], reg))
     if origin in (dict, Mapping):  # typing.Mapping[...] reports collections.abc.Mapping as its origin
         if args[0] is not str:
             raise TypeError(f"map keys must be str, not {args[0]!r}")
-        return _mapping(_converter(args[1]))
+        return _mapping(_converter(args[1], reg))
     raise TypeError(f"unsupported type {tp!r}")
 
 
@@ -393,10 +485,10 @@ def _mapping(value_conv: _Conv) -> _Conv:
     return _Conv(encode, decode)
 
 
-def _union(members: tuple[Any, ...]) -> _Conv:
+def _union(members: tuple[Any, ...], reg: _Registry) -> _Conv:
     optional = type(None) in members
     rest = tuple(m for m in members if m is not type(None))
-    inner = _converter(rest[0]) if len(rest) == 1 else _multi(rest)
+    inner = _converter(rest[0], reg) if len(rest) == 1 else _multi(rest, reg)
     if not optional:
         return inner
     enc, dec, fast = inner.encode, inner.decode, inner.fast
@@ -410,14 +502,14 @@ def _union(members: tuple[Any, ...]) -> _Conv:
     return _Conv(None if enc is None else encode, decode, fast)
 
 
-def _multi(members: tuple[Any, ...]) -> _Conv:
+def _multi(members: tuple[Any, ...], reg: _Registry) -> _Conv:
     """A union of several non-None types."""
     classes = [m for m in members if isinstance(m, type) and dataclasses.is_dataclass(m)]
     if classes and len(classes) != len(members):
         raise TypeError(f"a union may not mix dataclasses and other types: {members!r}")
     if classes:
-        return _tagged(classes)
-    convs = [_converter(m) for m in members]
+        return _tagged(classes, reg)
+    convs = [_converter(m, reg) for m in members]
     by_type: dict[type, Encoder | None] = {}
     for m, c in zip(members, convs, strict=True):
         base = typing.get_origin(m) or m
@@ -445,9 +537,9 @@ def _multi(members: tuple[Any, ...]) -> _Conv:
     return _Conv(encode if needs_encode else None, decode)
 
 
-def _tagged(classes: list[type]) -> _Conv:
+def _tagged(classes: list[type], reg: _Registry) -> _Conv:
     """A union of dataclasses: the map carries the class name under ``_t``, so decoding is exact."""
-    codecs = {cls.__name__: (_CODECS.get(cls) or _class_codec(cls)) for cls in classes}
+    codecs = {cls.__name__: (reg.codecs.get(cls) or _class_codec(cls, reg)) for cls in classes}
     if len(codecs) != len(classes):
         raise TypeError(f"union members must have distinct class names: {classes!r}")
     by_class = {codec.cls: (name, codec) for name, codec in codecs.items()}
