@@ -6,10 +6,18 @@ Two kinds of values live in the ``xpunet-intent`` bucket under a node's prefix:
   *local endpoint*: a pod scheduled on ``<node>``, not ``hostNetwork``, not in a
   terminal phase (``Succeeded``/``Failed``), with at least one IP.
 * ``node.<node>.policy.ipset.<id>`` → :class:`IPSet`, the members of an IP set
-  that at least one endpoint on ``<node>`` references.  A node receives only
-  the sets its own endpoints reference, so a membership change is written only
-  to the nodes that need it.  Every node holding set ``<id>`` holds the same
-  members.
+  that at least one endpoint on ``<node>`` references, while endpoints on
+  fewer than the compiler's global threshold of nodes (default 16) reference
+  it.  Such a *narrow* set reaches only the nodes that need it.
+* ``global.policy.ipset.<id>`` → :class:`IPSet`, a *wide* set: referenced from
+  at least that many nodes, it is written once for every node instead of once
+  per node (a membership change is one key write whatever the cluster size;
+  every datapath receives it, including those that do not reference it).
+
+A set is in exactly one of the two places once a flush is written (which one
+depends only on the current objects).  When it moves, the new keys are written
+before the old ones are deleted; a datapath holding both uses the node key.
+Every key holding set ``<id>`` holds the same members.
 
 Semantics the datapath must implement (``xpunet.policy.reference`` is the
 executable definition; ``evaluate_intents`` there evaluates these values):
@@ -57,6 +65,7 @@ POLICY_EP_SCHEMA = "intent.policy.ep"
 POLICY_IPSET_SCHEMA = "intent.policy.ipset"
 POLICY_REJECTION_SCHEMA = "status.policy.rejected"
 REJECTED_PREFIX = "policy.rejected."
+GLOBAL_IPSET_PREFIX = "global.policy.ipset."
 
 Direction = Literal["ingress", "egress"]
 
@@ -74,6 +83,11 @@ def ipset_key(node: str, set_id: str) -> str:
     return _node_prefix(node) + f"policy.ipset.{set_id}"
 
 
+def global_ipset_key(set_id: str) -> str:
+    """Where a set referenced from many nodes lives (every datapath watches ``global.``)."""
+    return GLOBAL_IPSET_PREFIX + set_id
+
+
 def rejection_key(namespace: str, policy: str) -> str:
     """``xpunet-status`` key of the report on a policy the compiler ignores."""
     return f"{REJECTED_PREFIX}{namespace}.{policy}"
@@ -81,6 +95,8 @@ def rejection_key(namespace: str, policy: str) -> str:
 
 def is_policy_intent_key(key: str) -> bool:
     """Keys the policy service owns in ``xpunet-intent`` (node names may contain dots)."""
+    if key.startswith(GLOBAL_IPSET_PREFIX):
+        return True
     return key.startswith("node.") and (".policy.ep." in key or ".policy.ipset." in key)
 
 

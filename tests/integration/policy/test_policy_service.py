@@ -9,7 +9,14 @@ from contextlib import asynccontextmanager
 
 from xpunet.bus.api import InSync, KVEntry, StateStore
 from xpunet.bus.nats import NatsBus
-from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRejection, endpoint_key, ipset_key
+from xpunet.ir.policy import (
+    IPSet,
+    PolicyEndpoint,
+    PolicyRejection,
+    endpoint_key,
+    global_ipset_key,
+    ipset_key,
+)
 from xpunet.model.objects import (
     IPBlock,
     Labels,
@@ -58,10 +65,12 @@ async def sync_markers(k8s: StateStore) -> None:
 
 
 @asynccontextmanager
-async def running(k8s: StateStore, intents: StateStore, status: StateStore) -> AsyncIterator[PolicyService]:
+async def running(
+    k8s: StateStore, intents: StateStore, status: StateStore, *, global_set_nodes: int = 16
+) -> AsyncIterator[PolicyService]:
     existing, reports = await load_existing(intents, status)
     service = PolicyService(
-        PolicyCompiler(),
+        PolicyCompiler(global_set_nodes=global_set_nodes),
         k8s=k8s,
         intents=intents,
         status=status,
@@ -159,6 +168,42 @@ async def test_policy_service_end_to_end(bus: NatsBus) -> None:
             await until(watch, ipset_key("n1", set_id), None)  # no endpoint on n1 references it any more
         assert await status.get("policy.rejected.shop.bad") is None
         await watch.aclose()
+    finally:
+        for b in buckets:
+            await bus.delete_kv(b)
+
+
+async def test_global_sets_survive_a_restart_and_move_when_the_threshold_changes(bus: NatsBus) -> None:
+    buckets = [unique_name("policy") for _ in range(3)]
+    k8s, intents, status = [await bus.kv(b) for b in buckets]
+    try:
+        await k8s.put("pod.shop.db", encode_object(pod("db", "10.0.0.2", "db")))
+        await k8s.put("pod.shop.web", encode_object(pod("web", "10.0.0.1", "web")))
+        await k8s.put("networkpolicy.shop.db", encode_object(DB_POLICY))
+        await sync_markers(k8s)
+        async with running(k8s, intents, status, global_set_nodes=1) as service:
+            await service.synced.wait()
+        db = await decoded(intents, DB_KEY)
+        assert isinstance(db, PolicyEndpoint)
+        set_id = db.ingress[0].ipset
+        assert set_id is not None
+        written = await intents.get(global_ipset_key(set_id))
+        assert written is not None
+        assert decode_object(written.value or b"") == IPSet(set_id, ("10.0.0.1/32",))
+        assert await intents.get(ipset_key("n1", set_id)) is None
+
+        # Same threshold: the global key is recognised as ours and not rewritten.
+        async with running(k8s, intents, status, global_set_nodes=1) as service:
+            await service.synced.wait()
+        again = await intents.get(global_ipset_key(set_id))
+        assert again is not None
+        assert again.revision == written.revision
+
+        # One node now is below the threshold: the set moves to the node, the global copy is swept.
+        async with running(k8s, intents, status, global_set_nodes=2) as service:
+            await service.synced.wait()
+        assert await decoded(intents, ipset_key("n1", set_id)) == IPSet(set_id, ("10.0.0.1/32",))
+        assert await intents.get(global_ipset_key(set_id)) is None
     finally:
         for b in buckets:
             await bus.delete_kv(b)

@@ -17,6 +17,7 @@ from typing import TypeVar
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xpunet.ir.policy import IPSet, PolicyEndpoint, global_ipset_key, ipset_key
 from xpunet.model.objects import (
     NAMESPACE_NAME_LABEL,
     ContainerPort,
@@ -225,10 +226,13 @@ def _ident(obj: Pod | Namespace | NetworkPolicy) -> tuple[str, str]:
 
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Nodes from which a set is published globally: 1 (always global), 2 (global when both nodes use
+# it, so sets move as endpoints come and go), 16 (never, with two nodes).
+GLOBAL_SET_NODES = st.sampled_from((1, 2, 16))
 
 
-def compile_all(cluster: Cluster) -> PolicyCompiler:
-    compiler = PolicyCompiler()
+def compile_all(cluster: Cluster, global_set_nodes: int = 16) -> PolicyCompiler:
+    compiler = PolicyCompiler(global_set_nodes=global_set_nodes)
     for ns in cluster.namespaces:
         compiler.upsert_namespace(ns)
     for pol in cluster.policies:
@@ -243,10 +247,29 @@ def all_ips(cluster: Cluster) -> list[str]:
     return sorted({ip for p in cluster.pods for ip in p.ips} | set(EXTERNAL_IPS))
 
 
+def assert_placement(intents: dict[str, object], global_set_nodes: int) -> None:
+    """Each referenced set is in one place: globally iff endpoints on enough nodes reference it."""
+    nodes_of: dict[str, set[str]] = {}
+    for value in intents.values():
+        if isinstance(value, PolicyEndpoint):
+            for rule in (*value.ingress, *value.egress):
+                if rule.ipset is not None:
+                    nodes_of.setdefault(rule.ipset, set()).add(value.node)
+    expected: set[str] = set()
+    for set_id, nodes in nodes_of.items():
+        if len(nodes) >= global_set_nodes:
+            expected.add(global_ipset_key(set_id))
+        else:
+            expected.update(ipset_key(node, set_id) for node in nodes)
+    held = {k for k, v in intents.items() if isinstance(v, IPSet)}
+    assert held == expected
+
+
 @SETTINGS
-@given(scenarios)
-def test_intents_agree_with_reference(cluster: Cluster) -> None:
-    intents = compile_all(cluster).intents
+@given(scenarios, GLOBAL_SET_NODES)
+def test_intents_agree_with_reference(cluster: Cluster, global_set_nodes: int) -> None:
+    intents = compile_all(cluster, global_set_nodes).intents
+    assert_placement(dict(intents), global_set_nodes)
     ips = all_ips(cluster)
     for src in ips:
         for dst in ips:
@@ -265,13 +288,13 @@ def test_intents_agree_with_reference(cluster: Cluster) -> None:
 
 
 @SETTINGS
-@given(evolutions(), st.randoms(use_true_random=False))
+@given(evolutions(), st.randoms(use_true_random=False), GLOBAL_SET_NODES)
 def test_incremental_replay_matches_fresh_compile(
-    states: tuple[Cluster, Cluster], rnd: random.Random
+    states: tuple[Cluster, Cluster], rnd: random.Random, global_set_nodes: int
 ) -> None:
     """Go from ``first`` to ``final`` through shuffled, split updates; end as a fresh compile of ``final``."""
     first, final = states
-    compiler = PolicyCompiler()
+    compiler = PolicyCompiler(global_set_nodes=global_set_nodes)
     applied: dict[str, str] = {}
 
     def apply_state(cluster: Cluster, present: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
@@ -324,6 +347,11 @@ def test_incremental_replay_matches_fresh_compile(
     apply_flush()
     apply_state(final, present)
     apply_flush()
-    fresh = compile_all(final).intents
+    fresh_compiler = compile_all(final, global_set_nodes)
+    fresh = fresh_compiler.intents
     assert applied == {k: repr(v) for k, v in fresh.items()}
     assert compiler.intents == fresh
+    # Nothing left behind in the bookkeeping of sets (a leak would grow with churn).
+    for name in ("_out_sets", "_set_nodes", "_placed", "_global_sets", "_set_outs"):
+        assert getattr(compiler, name) == getattr(fresh_compiler, name), name
+    assert_placement(dict(fresh), global_set_nodes)

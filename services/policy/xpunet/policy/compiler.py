@@ -14,11 +14,18 @@ What each change touches:
   that gains or loses a port number re-renders the endpoints referencing it;
 * a namespace: membership of its pods in namespace-selector sets;
 * a policy: the endpoints its old or new pod selector picks in its namespace.
+
+Where a set is published (``xpunet.ir.policy``): under each node whose
+endpoints reference it while fewer than ``global_set_nodes`` nodes do, else
+once under ``global.``.  A membership change therefore writes at most
+``global_set_nodes - 1`` keys per set, whatever the number of nodes; the
+placement is a function of the current references, so replays agree.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from xpunet.ir.policy import (
@@ -30,6 +37,7 @@ from xpunet.ir.policy import (
     PortRange,
     RuleOrigin,
     endpoint_key,
+    global_ipset_key,
     ipset_key,
 )
 from xpunet.model.errors import ModelError
@@ -46,6 +54,9 @@ from xpunet.policy.selectors import (
 log = logging.getLogger(__name__)
 
 ALL_PORTS = 0, 65535
+# Nodes referencing a set from which it is published once under global. instead of per node:
+# the per-change write cost of a set is bounded by this, not by the cluster's node count.
+DEFAULT_GLOBAL_SET_NODES = 16
 _EVERY_POD = PodAtom(namespace=None, namespace_selector=ALL, pod_selector=ALL)
 
 
@@ -122,7 +133,10 @@ def _compile_rule(policy: NetworkPolicy, rule: NetworkPolicyRule, origin: RuleOr
 class PolicyCompiler:
     """Holds the objects and the derived state; ``flush`` returns changed intent keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, global_set_nodes: int = DEFAULT_GLOBAL_SET_NODES) -> None:
+        if global_set_nodes < 1:
+            raise ValueError(f"global_set_nodes must be >= 1, got {global_set_nodes}")
+        self._global_set_nodes = global_set_nodes
         self._pods: dict[str, dict[str, Pod]] = {}  # namespace -> name -> participating pod
         self._namespaces: dict[str, Namespace] = {}
         self._policies: dict[str, dict[str, NetworkPolicy]] = {}  # namespace -> name -> policy
@@ -141,6 +155,9 @@ class PolicyCompiler:
         self._out_sets: dict[str, tuple[str, int | None]] = {}  # output set id -> (set id, number)
         self._set_outs: dict[str, set[str]] = {}  # set id -> output set ids
         self._set_nodes: dict[str, dict[str, int]] = {}  # output set id -> node -> endpoint refs
+        self._placed: dict[str, set[str]] = {}  # output set id -> nodes holding its node key
+        self._global_sets: set[str] = set()  # output set ids published under global.
+        self._set_values: dict[str, IPSet] = {}  # output set id -> its members as last rendered
         self._emitted: dict[str, PolicyIntent] = {}
 
     # --- input --------------------------------------------------------------
@@ -203,6 +220,8 @@ class PolicyCompiler:
         pending_policies, self._pending_policies = self._pending_policies, {}
         for key, policy in pending_policies.items():
             self._apply_policy(key, policy, endpoint_dirty)
+            # A set may have been dropped and made afresh: render its members again (equal: not written).
+            sets_dirty.update(self._policy_sets.get(key, ()))
 
         for key, pod in pending_pods.items():
             in_ns = self._pods.setdefault(key[0], {})
@@ -222,28 +241,70 @@ class PolicyCompiler:
             for sid in renumbered:
                 endpoint_dirty |= self._named_dependents.get(sid, set())
 
-        out: dict[str, PolicyIntent | None] = {}
-        node_sets_dirty: set[tuple[str, str]] = set()
+        endpoints: dict[str, PolicyIntent | None] = {}
+        node_events: dict[str, set[str]] = {}
         for key in endpoint_dirty:
-            self._render_endpoint(key, out, node_sets_dirty)
+            self._render_endpoint(key, endpoints, node_events)
+        members_changed: set[str] = set()
         for sid in sets_dirty:
-            for out_id in self._set_outs.get(sid, ()):
-                for node in self._set_nodes.get(out_id, ()):
-                    node_sets_dirty.add((node, out_id))
-        rendered: dict[str, IPSet] = {}
-        for node, out_id in node_sets_dirty:
-            set_key = ipset_key(node, out_id)
-            if node not in self._set_nodes.get(out_id, {}):
-                if self._emitted.pop(set_key, None) is not None:
-                    out[set_key] = None
-                continue
-            value = rendered.get(out_id)
-            if value is None:
-                sid, number = self._out_sets[out_id]
-                value = rendered[out_id] = IPSet(out_id, index.sets[sid].output_members(number))
-            self._emit(set_key, value, out)
-        self._collect_out_sets()
+            members_changed.update(self._set_outs.get(sid, ()))
+        set_writes, set_deletes = self._place_sets(members_changed, node_events)
+        self._collect_out_sets(node_events.keys())
+        # Readers applying keys one at a time see a set before the endpoints that reference it,
+        # and lose the endpoints before the sets they referenced.
+        out: dict[str, PolicyIntent | None] = set_writes
+        out.update((k, v) for k, v in endpoints.items() if v is not None)
+        out.update((k, v) for k, v in endpoints.items() if v is None)
+        out.update(set_deletes)
         return out
+
+    def _place_sets(
+        self, members_changed: set[str], node_events: dict[str, set[str]]
+    ) -> tuple[dict[str, PolicyIntent | None], dict[str, PolicyIntent | None]]:
+        """Write, move or delete the keys of sets whose members or referencing nodes changed.
+
+        ``node_events``: output set id -> nodes that got their first or lost their last
+        reference to it.  Returns (writes, deletes).
+        """
+        writes: dict[str, PolicyIntent | None] = {}
+        deletes: dict[str, PolicyIntent | None] = {}
+        for out_id in members_changed | node_events.keys():
+            nodes = self._set_nodes.get(out_id) or {}
+            changed = out_id in members_changed
+            if changed:
+                self._set_values.pop(out_id, None)
+            placed = self._placed.pop(out_id, set())
+            was_global = out_id in self._global_sets
+            if len(nodes) >= self._global_set_nodes:
+                if changed or not was_global:
+                    self._global_sets.add(out_id)
+                    self._emit(global_ipset_key(out_id), self._set_value(out_id), writes)
+                for node in placed:
+                    self._drop(ipset_key(node, out_id), deletes)
+                continue
+            if was_global:
+                self._global_sets.discard(out_id)
+                self._drop(global_ipset_key(out_id), deletes)
+            # Only the nodes that came or went, unless every copy needs the new members.
+            targets = nodes.keys() | placed if changed or was_global else node_events[out_id]
+            for node in targets:
+                if node in nodes:
+                    self._emit(ipset_key(node, out_id), self._set_value(out_id), writes)
+                    placed.add(node)
+                else:
+                    self._drop(ipset_key(node, out_id), deletes)
+                    placed.discard(node)
+            if placed:
+                self._placed[out_id] = placed
+        return writes, deletes
+
+    def _set_value(self, out_id: str) -> IPSet:
+        """The set's members, rendered once per membership change and shared by every key holding it."""
+        value = self._set_values.get(out_id)
+        if value is None:
+            sid, number = self._out_sets[out_id]
+            value = self._set_values[out_id] = IPSet(out_id, self._index.sets[sid].output_members(number))
+        return value
 
     def _pod(self, key: PodKey) -> Pod | None:
         in_ns = self._pods.get(key[0])
@@ -274,7 +335,7 @@ class PolicyCompiler:
             self._index.release_set(sid)
 
     def _render_endpoint(
-        self, key: PodKey, out: dict[str, PolicyIntent | None], node_sets_dirty: set[tuple[str, str]]
+        self, key: PodKey, out: dict[str, PolicyIntent | None], node_events: dict[str, set[str]]
     ) -> None:
         pod = self._pod(key)
         value = self._compile_endpoint(pod) if pod is not None and pod.node is not None else None
@@ -308,11 +369,11 @@ class PolicyCompiler:
             nodes[old_node] -= 1
             if nodes[old_node] == 0:
                 del nodes[old_node]
-                node_sets_dirty.add((old_node, out_id))
+                node_events.setdefault(out_id, set()).add(old_node)
         for out_id in added:
             nodes = self._set_nodes.setdefault(out_id, {})
             if nodes.get(new_node, 0) == 0:
-                node_sets_dirty.add((new_node, out_id))
+                node_events.setdefault(out_id, set()).add(new_node)
             nodes[new_node] = nodes.get(new_node, 0) + 1
 
     def _compile_endpoint(self, pod: Pod) -> tuple[PolicyEndpoint, frozenset[str], frozenset[str]] | None:
@@ -388,11 +449,18 @@ class PolicyCompiler:
         refs.add(out_id)
         return out_id
 
-    def _collect_out_sets(self) -> None:
-        for out_id in [o for o, nodes in self._set_nodes.items() if not nodes]:
-            del self._set_nodes[out_id]
-        for out_id in [o for o in self._out_sets if o not in self._set_nodes]:
-            sid, _ = self._out_sets.pop(out_id)
+    def _collect_out_sets(self, candidates: Iterable[str]) -> None:
+        """Forget output sets no endpoint references any more (only those whose references changed:
+        every output set is referenced as it is made, so it lost them through ``node_events``)."""
+        for out_id in candidates:
+            if self._set_nodes.get(out_id):
+                continue
+            self._set_nodes.pop(out_id, None)
+            entry = self._out_sets.pop(out_id, None)
+            if entry is None:
+                continue
+            sid = entry[0]
+            self._set_values.pop(out_id, None)
             outs = self._set_outs.get(sid)
             if outs is not None:
                 outs.discard(out_id)
@@ -403,3 +471,7 @@ class PolicyCompiler:
         if self._emitted.get(key) != value:
             self._emitted[key] = value
             out[key] = value
+
+    def _drop(self, key: str, out: dict[str, PolicyIntent | None]) -> None:
+        if self._emitted.pop(key, None) is not None:
+            out[key] = None

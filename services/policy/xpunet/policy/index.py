@@ -15,17 +15,16 @@ match it, not at every selector in the cluster.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from xpunet.model.objects import IPBlock, Labels, LabelSelector, Pod, Protocol
+from xpunet.policy.members import CidrEntry, CidrList, cidr_entry, host_entry
 from xpunet.policy.selectors import (
     block_cidrs,
-    host_cidr,
     ip_in_block,
     named_port_number,
     selector_matches,
-    sort_cidrs,
 )
 
 PodKey = tuple[str, str]  # (namespace, name)
@@ -98,22 +97,47 @@ class SetState:
     refs: int = 0
     members: dict[PodKey, Membership] = field(default_factory=dict)
     by_number: dict[int, set[PodKey]] = field(default_factory=dict)  # named sets only
-    block_cidrs: tuple[str, ...] = ()
+    block_entries: tuple[CidrEntry, ...] = ()
     has_named_block: bool = False
+    # Output member lists (None: every member and the blocks; n: members with named port number n),
+    # built when first asked for and kept current by membership changes from then on.
+    outputs: dict[int | None, CidrList] = field(default_factory=dict)
 
     def numbers(self) -> tuple[int, ...]:
         return tuple(sorted(self.by_number))
 
     def output_members(self, number: int | None) -> tuple[str, ...]:
-        cidrs: set[str] = set(self.block_cidrs) if number is None else set()
+        """The CIDRs of output ``number``, sorted (``xpunet.policy.selectors.sort_cidrs`` order)."""
+        out = self.outputs.get(number)
+        if out is None:
+            out = self.outputs[number] = CidrList(self._entries(number))
+        return out.members()
+
+    def _entries(self, number: int | None) -> Iterator[CidrEntry]:
         if number is None:
+            yield from self.block_entries
             keys: Iterable[PodKey] = self.members
         else:
             keys = self.by_number.get(number, ())
         for key in keys:
             for ip in self.members[key][1]:
-                cidrs.add(host_cidr(ip))
-        return sort_cidrs(cidrs)
+                yield host_entry(ip)
+
+    def track(self, old: Membership | None, new: Membership | None) -> None:
+        """Apply one pod's membership change to the output lists built so far."""
+        for membership, adding in ((old, False), (new, True)):
+            if membership is None:
+                continue
+            number, ips = membership
+            for out_number in (None, number) if number is not None else (None,):
+                out = self.outputs.get(out_number)
+                if out is None:
+                    continue
+                for ip in ips:
+                    if adding:
+                        out.add(host_entry(ip))
+                    else:
+                        out.remove(host_entry(ip))
 
 
 @dataclass(slots=True)
@@ -181,7 +205,7 @@ class MembershipIndex:
             cidrs: set[str] = set()
             for block in definition.blocks:
                 cidrs.update(block_cidrs(block))
-            state.block_cidrs = sort_cidrs(cidrs)
+            state.block_entries = tuple(sorted(cidr_entry(c) for c in cidrs))
         else:
             state.has_named_block = bool(definition.blocks)
             if state.has_named_block:
@@ -355,6 +379,7 @@ class MembershipIndex:
         old = state.members.get(key)
         if old == value:
             return 0
+        state.track(old, value)
         renumbered = False
         if old is not None:
             del state.members[key]
@@ -366,6 +391,7 @@ class MembershipIndex:
                 bucket.discard(key)
                 if not bucket:
                     del state.by_number[old[0]]
+                    state.outputs.pop(old[0], None)  # empty now; rebuilt if the number comes back
                     renumbered = True
         if value is not None:
             state.members[key] = value

@@ -27,7 +27,14 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRule, endpoint_key, ipset_key
+from xpunet.ir.policy import (
+    IPSet,
+    PolicyEndpoint,
+    PolicyRule,
+    endpoint_key,
+    global_ipset_key,
+    ipset_key,
+)
 from xpunet.model.objects import (
     NAMESPACE_NAME_LABEL,
     LabelSelector,
@@ -217,7 +224,10 @@ def _intent_rule_matches(
         return False
     if rule.ipset is None:
         return True
+    # As a datapath reads them: its own node's copy wins over the global one.
     ipset = intents.get(ipset_key(node, rule.ipset))
+    if not isinstance(ipset, IPSet):
+        ipset = intents.get(global_ipset_key(rule.ipset))
     if not isinstance(ipset, IPSet):
         # A reference to a set the node does not hold fails closed.
         return False

@@ -32,6 +32,7 @@ from opentelemetry.trace import Tracer
 from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, KVEntry, StateStore
 from xpunet.bus.tracing import CauseTracker, flush_span, source_attributes, written_at_headers
 from xpunet.ir.policy import (
+    GLOBAL_IPSET_PREFIX,
     REJECTED_PREFIX,
     PolicyRejection,
     is_policy_intent_key,
@@ -39,7 +40,7 @@ from xpunet.ir.policy import (
 )
 from xpunet.model.errors import ModelError
 from xpunet.model.objects import Kind, Namespace, NetworkPolicy, Pod
-from xpunet.policy.compiler import PolicyCompiler
+from xpunet.policy.compiler import DEFAULT_GLOBAL_SET_NODES, PolicyCompiler
 from xpunet.runtime.context import ServiceContext
 from xpunet.runtime.settings import Settings as BaseSettings
 from xpunet.wire import WireError, decode_k8s, encode_object
@@ -53,10 +54,14 @@ SYNC_PREFIX = "sync."
 @dataclass(frozen=True, slots=True)
 class PolicyOptions:
     flush_interval: float = 0.02  # seconds to coalesce a burst of updates into one write
+    # A set referenced from at least this many nodes is published once (global.policy.ipset.<id>).
+    global_set_nodes: int = DEFAULT_GLOBAL_SET_NODES
 
     def __post_init__(self) -> None:
         if self.flush_interval < 0:
             raise ValueError("policy.flush_interval must be >= 0")
+        if self.global_set_nodes < 1:
+            raise ValueError("policy.global_set_nodes must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +126,10 @@ async def _snapshot(store: StateStore, prefix: str) -> AsyncIterator[KVEntry]:
 async def load_existing(intents: StateStore, status: StateStore) -> tuple[dict[str, bytes], set[str]]:
     """Policy intent values and rejection reports a previous run left behind."""
     found: dict[str, bytes] = {}
-    async for entry in _snapshot(intents, "node."):
-        if entry.value is not None and is_policy_intent_key(entry.key):
-            found[entry.key] = entry.value
+    for prefix in ("node.", GLOBAL_IPSET_PREFIX):
+        async for entry in _snapshot(intents, prefix):
+            if entry.value is not None and is_policy_intent_key(entry.key):
+                found[entry.key] = entry.value
     reports = {e.key async for e in _snapshot(status, REJECTED_PREFIX) if e.value is not None}
     return found, reports
 
@@ -362,7 +368,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
     existing, reports = await load_existing(intents, status)
     logger.info("policy: starting with %s existing intent keys", len(existing))
     service = PolicyService(
-        PolicyCompiler(),
+        PolicyCompiler(global_set_nodes=ctx.settings.policy.global_set_nodes),
         k8s=k8s,
         intents=intents,
         status=status,

@@ -1,0 +1,158 @@
+"""Where IP sets are published: per node while few nodes use a set, once under ``global.`` beyond.
+
+The write cost of a membership change must not grow with the number of nodes
+(issue 4, incremental benchmark), and narrow sets must still reach only the
+nodes that use them.  Also: the order of a flush's keys (sets before the
+endpoints referencing them; endpoint deletes before set deletes).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from xpunet.ir.policy import GLOBAL_IPSET_PREFIX, IPSet, PolicyEndpoint, global_ipset_key, ipset_key
+from xpunet.model.objects import (
+    IPBlock,
+    Labels,
+    LabelSelector,
+    NetworkPolicy,
+    NetworkPolicyPeer,
+    NetworkPolicyRule,
+    Pod,
+)
+from xpunet.policy.compiler import PolicyCompiler
+from xpunet.policy.reference import evaluate_intents
+
+
+def server(name: str, ip: str, node: str) -> Pod:
+    return Pod("a", name, name, node=node, ips=(ip,), labels=Labels({"app": "db"}), phase="Running")
+
+
+def client(name: str, ip: str, node: str = "n0", app: str = "web") -> Pod:
+    return Pod("a", name, name, node=node, ips=(ip,), labels=Labels({"app": app}), phase="Running")
+
+
+FROM_WEB = NetworkPolicy(
+    "a",
+    "from-web",
+    pod_selector=LabelSelector(Labels({"app": "db"})),
+    ingress=(
+        NetworkPolicyRule(peers=(NetworkPolicyPeer(pod_selector=LabelSelector(Labels({"app": "web"}))),)),
+    ),
+)
+FROM_BLOCK = NetworkPolicy(
+    "a",
+    "from-block",
+    pod_selector=LabelSelector(Labels({"app": "db"})),
+    ingress=(NetworkPolicyRule(peers=(NetworkPolicyPeer(ip_block=IPBlock("192.168.0.0/16")),)),),
+)
+
+
+def cluster(policy: NetworkPolicy, nodes: int, *, global_set_nodes: int) -> PolicyCompiler:
+    compiler = PolicyCompiler(global_set_nodes=global_set_nodes)
+    compiler.upsert_policy(policy)
+    compiler.upsert_pod(client("web", "10.0.0.1"))
+    for i in range(nodes):
+        compiler.upsert_pod(server(f"db{i}", f"10.0.1.{i + 1}", f"n{i + 1}"))
+    compiler.flush()
+    return compiler
+
+
+def set_keys(keys: object) -> list[str]:
+    assert isinstance(keys, dict)
+    return [k for k in keys if ".policy.ipset." in k]
+
+
+def the_set_id(compiler: PolicyCompiler) -> str:
+    ids = {v.id for v in compiler.intents.values() if isinstance(v, IPSet)}
+    assert len(ids) == 1
+    return ids.pop()
+
+
+@pytest.mark.parametrize(
+    ("nodes", "threshold", "global_"),
+    [
+        pytest.param(3, 4, False, id="below threshold: per node"),
+        pytest.param(4, 4, True, id="at threshold: global"),
+        pytest.param(50, 4, True, id="far above: global"),
+        pytest.param(1, 1, True, id="threshold 1: always global"),
+    ],
+)
+def test_a_set_lives_per_node_below_the_threshold_and_globally_from_it(
+    nodes: int, threshold: int, global_: bool
+) -> None:
+    compiler = cluster(FROM_WEB, nodes, global_set_nodes=threshold)
+    sid = the_set_id(compiler)
+    want = [global_ipset_key(sid)] if global_ else sorted(ipset_key(f"n{i + 1}", sid) for i in range(nodes))
+    assert sorted(set_keys(compiler.intents)) == want
+    # The client's own node uses no set: it never holds a copy.
+    assert ipset_key("n0", sid) not in compiler.intents
+
+
+@pytest.mark.parametrize(
+    ("nodes", "writes"), [pytest.param(3, 3, id="narrow"), pytest.param(40, 1, id="wide")]
+)
+def test_a_membership_change_writes_one_key_per_holder(nodes: int, writes: int) -> None:
+    compiler = cluster(FROM_WEB, nodes, global_set_nodes=4)
+    compiler.upsert_pod(client("web2", "10.0.0.2", node="n0"))
+    changed = compiler.flush()
+    assert len(set_keys(changed)) == writes
+    assert all(
+        isinstance(v, IPSet) and v.members == ("10.0.0.1/32", "10.0.0.2/32")
+        for v in changed.values()
+        if not isinstance(v, PolicyEndpoint)
+    )
+
+
+def test_a_wide_set_moves_to_nodes_when_users_leave_and_back_when_they_return() -> None:
+    # An ipBlock set: its members never change, only the nodes using it do.
+    compiler = cluster(FROM_BLOCK, 3, global_set_nodes=3)
+    sid = the_set_id(compiler)
+    assert set_keys(compiler.intents) == [global_ipset_key(sid)]
+
+    compiler.delete_pod("a", "db2")  # the one on n3
+    changed = compiler.flush()
+    keys = set_keys(changed)
+    # The node copies are written before the global key is deleted: no moment without the set.
+    assert sorted(keys[:2]) == [ipset_key("n1", sid), ipset_key("n2", sid)]
+    assert keys[2:] == [global_ipset_key(sid)]
+    assert changed[global_ipset_key(sid)] is None
+    assert sorted(set_keys(compiler.intents)) == [ipset_key("n1", sid), ipset_key("n2", sid)]
+
+    compiler.upsert_pod(server("db2", "10.0.1.3", "n3"))
+    changed = compiler.flush()
+    keys = set_keys(changed)
+    assert keys[0] == global_ipset_key(sid)
+    assert sorted(keys[1:]) == [ipset_key("n1", sid), ipset_key("n2", sid)]
+    assert all(changed[k] is None for k in keys[1:])
+    assert set_keys(compiler.intents) == [global_ipset_key(sid)]
+
+
+def test_a_new_user_of_a_global_set_writes_only_its_endpoint() -> None:
+    compiler = cluster(FROM_WEB, 5, global_set_nodes=4)
+    compiler.upsert_pod(server("db9", "10.0.1.9", "n9"))
+    changed = compiler.flush()
+    assert list(changed) == ["node.n9.policy.ep.a.db9"]
+
+
+def test_a_new_user_of_a_narrow_set_gets_the_set_before_its_endpoint() -> None:
+    compiler = cluster(FROM_WEB, 1, global_set_nodes=4)
+    sid = the_set_id(compiler)
+    compiler.upsert_pod(server("db9", "10.0.1.9", "n9"))
+    assert list(compiler.flush()) == [ipset_key("n9", sid), "node.n9.policy.ep.a.db9"]
+    compiler.delete_pod("a", "db9")
+    assert list(compiler.flush()) == ["node.n9.policy.ep.a.db9", ipset_key("n9", sid)]
+
+
+def test_global_sets_are_enforced_like_node_copies() -> None:
+    compiler = cluster(FROM_WEB, 5, global_set_nodes=2)
+    intents = compiler.intents
+    assert any(k.startswith(GLOBAL_IPSET_PREFIX) for k in intents)
+    allowed = {"dst_ip": "10.0.1.3", "port": 80, "protocol": "TCP"}
+    assert evaluate_intents(intents, src_ip="10.0.0.1", **allowed)  # type: ignore[arg-type]
+    assert not evaluate_intents(intents, src_ip="10.0.0.9", **allowed)  # type: ignore[arg-type]
+
+
+def test_threshold_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="global_set_nodes"):
+        PolicyCompiler(global_set_nodes=0)
