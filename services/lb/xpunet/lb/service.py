@@ -5,8 +5,9 @@ are kept, and what nothing produces any more is swept), watch Services,
 EndpointSlices and Nodes plus the watcher's ``sync.<kind>`` markers, and once
 every watch has delivered its snapshot *and* the three markers exist, flush:
 the compiler returns only changed keys, which go out in one pipelined
-``put_many`` (deletes explicit).  After that, updates are coalesced for
-``lb.flush_interval`` seconds per flush.  Rejected input goes to
+``put_many`` (deletes explicit).  After that, a change after a quiet spell is
+flushed at once, and a burst is coalesced into at most one flush per
+``lb.flush_interval`` seconds (``xpunet.runtime.pacing``).  Rejected input goes to
 ``xpunet-status`` as ``lb.rejected.<ns>.<svc>``, is logged and counted.
 
 Tracing (docs/observability.md): each flush is one ``lb.compile`` span, a
@@ -42,6 +43,7 @@ from xpunet.lb.coldstart import ColdStart
 from xpunet.lb.state import Changes, LbCompiler
 from xpunet.model.objects import EndpointSlice, Kind, Node, Service
 from xpunet.runtime.context import ServiceContext
+from xpunet.runtime.pacing import pace_flushes
 from xpunet.runtime.settings import Settings as BaseSettings
 from xpunet.wire import WireError, decode_k8s, decode_object, encode_object
 
@@ -55,7 +57,7 @@ _LB_TYPES = (LbServicePort, LbNodeOverride, LbNodeAddresses, ConntrackTimeouts)
 
 @dataclass(frozen=True, slots=True)
 class LbOptions:
-    flush_interval: float = 0.02  # seconds to coalesce updates before a write
+    flush_interval: float = 0.02  # in a burst, at most one flush per this many seconds
     conntrack_tcp_established: int = 86400
     conntrack_tcp_close_wait: int = 3600
     conntrack_udp: int = 30
@@ -265,13 +267,14 @@ class LbService:
         self._dirty.set()
 
     async def flush_loop(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            await self._dirty.wait()
-            if self._flush_interval:
-                await asyncio.sleep(self._flush_interval)  # coalesce a burst into one write
-            self._dirty.clear()
-            if self._ready_to_flush:
-                await self.flush()
+        """Flush at once after a quiet spell, at most once per flush interval in a burst."""
+        await pace_flushes(
+            self._dirty, self._flush_when_ready, interval=self._flush_interval, stopping=stopping
+        )
+
+    async def _flush_when_ready(self) -> None:
+        if self._ready_to_flush:
+            await self.flush()
 
     async def flush(self) -> Changes:
         causes = self._causes.take()

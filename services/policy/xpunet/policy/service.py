@@ -6,8 +6,9 @@ Namespaces and NetworkPolicies plus the watcher's ``sync.<kind>`` markers,
 and once every watch delivered its snapshot *and* the three markers exist,
 flush: the compiler returns only changed keys, which go out in one pipelined
 ``put_many`` (deletes explicit).  Nothing is swept before that point, so a
-partial view never removes a node's rules.  Afterwards updates are coalesced
-for ``policy.flush_interval`` seconds per flush.  A policy the compiler
+partial view never removes a node's rules.  Afterwards a change after a quiet
+spell is flushed at once, and a burst is coalesced into at most one flush per
+``policy.flush_interval`` seconds (``xpunet.runtime.pacing``).  A policy the compiler
 rejects is logged, counted and reported in ``xpunet-status`` under
 ``policy.rejected.<ns>.<name>``, and ignored; the service carries on.
 
@@ -42,6 +43,7 @@ from xpunet.model.errors import ModelError
 from xpunet.model.objects import Kind, Namespace, NetworkPolicy, Pod
 from xpunet.policy.compiler import DEFAULT_GLOBAL_SET_NODES, PolicyCompiler
 from xpunet.runtime.context import ServiceContext
+from xpunet.runtime.pacing import pace_flushes
 from xpunet.runtime.settings import Settings as BaseSettings
 from xpunet.wire import WireError, decode_k8s, encode_object
 
@@ -53,7 +55,7 @@ SYNC_PREFIX = "sync."
 
 @dataclass(frozen=True, slots=True)
 class PolicyOptions:
-    flush_interval: float = 0.02  # seconds to coalesce a burst of updates into one write
+    flush_interval: float = 0.02  # in a burst, at most one flush per this many seconds
     # A set referenced from at least this many nodes is published once (global.policy.ipset.<id>).
     global_set_nodes: int = DEFAULT_GLOBAL_SET_NODES
 
@@ -257,13 +259,14 @@ class PolicyService:
         self._status_pending[rejection_key(ns, name)] = encode_object(report)
 
     async def flush_loop(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            await self._dirty.wait()
-            if self._flush_interval:
-                await asyncio.sleep(self._flush_interval)  # coalesce a burst into one write
-            self._dirty.clear()
-            if self._ready_to_flush:
-                await self.flush()
+        """Flush at once after a quiet spell, at most once per flush interval in a burst."""
+        await pace_flushes(
+            self._dirty, self._flush_when_ready, interval=self._flush_interval, stopping=stopping
+        )
+
+    async def _flush_when_ready(self) -> None:
+        if self._ready_to_flush:
+            await self.flush()
 
     async def flush(self) -> dict[str, bytes | None]:
         """Compile what changed and write it; returns the writes made (None: deletes)."""
