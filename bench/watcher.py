@@ -25,6 +25,7 @@ import cProfile
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -57,6 +58,16 @@ def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (the steadier figure on a shared machine)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live children (the watcher's parse workers)."""
+    total = _cpu_seconds(pid)
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                total += _cpu_seconds(int(child))
+    return total
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -94,23 +105,30 @@ async def child(args: argparse.Namespace) -> None:
     profile = cProfile.Profile() if args.profile else None
     if profile is not None:
         profile.enable()
-    task = asyncio.create_task(watcher.run())
-    # The parent asks for the watcher's own lag figures (of the churn phase) on stdin.
+    # The parent signals: SIGUSR1 = in sync (reset the lag samples, write the profile),
+    # SIGUSR2 = report the watcher's own lags (one JSON line on stdout).
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        if line.strip() == b"reset":
-            recorder.lags.clear()
-            if profile is not None:
-                profile.disable()
-                profile.dump_stats(args.profile)
-        elif line.strip() == b"report":
-            lags = recorder.lags
-            report = {"p50_ms": _percentile(lags, 0.5) * 1000, "p99_ms": _percentile(lags, 0.99) * 1000}
-            sys.stdout.write(json.dumps(report) + "\n")
-            sys.stdout.flush()
-    task.cancel()
+
+    def reset() -> None:
+        recorder.lags.clear()
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
+
+    def report() -> None:
+        lags = recorder.lags
+        line = {"p50_ms": _percentile(lags, 0.5) * 1000, "p99_ms": _percentile(lags, 0.99) * 1000}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+    loop.add_signal_handler(signal.SIGUSR1, reset)
+    loop.add_signal_handler(signal.SIGUSR2, report)
+    # SIGTERM: stop cleanly, so parse workers exit too (they hold our stdout open).
+    task = asyncio.create_task(watcher.run())
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await bus.drain()
 
 
 async def parent(args: argparse.Namespace) -> dict[str, object]:
@@ -132,10 +150,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
         cmd += ["--parse-workers", str(args.parse_workers)]
         cmd += ["--profile", args.profile] if args.profile else []
         start = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        assert proc.stdin is not None
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
         assert proc.stdout is not None
         try:
             pending = {sync_key(k) for k in Kind}
@@ -146,7 +161,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
                 await asyncio.sleep(0.05)
             in_sync_s = time.monotonic() - start
             rss_sync = _peak_rss_mib(proc.pid)
-            cpu_sync = _cpu_seconds(proc.pid)
+            cpu_sync = _tree_cpu_seconds(proc.pid)
             nats_cpu_sync = _cpu_seconds(nats_server.pid) if nats_server.pid else float("nan")
             keys = len(await store.keys(""))
 
@@ -176,7 +191,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
 
             follower = asyncio.create_task(follow())
             await ready.wait()
-            proc.stdin.write(b"reset\n")
+            proc.send_signal(signal.SIGUSR1)
             total = int(churn_seconds * args.rate)
             t0 = time.monotonic()
             for i in range(total):
@@ -194,7 +209,7 @@ async def parent(args: argparse.Namespace) -> dict[str, object]:
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
             rss_peak = _peak_rss_mib(proc.pid)
-            proc.stdin.write(b"report\n")
+            proc.send_signal(signal.SIGUSR2)
             own = json.loads(await proc.stdout.readline())
         finally:
             proc.terminate()
