@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +12,14 @@ from hypothesis import strategies as st
 
 from xpunet.model import K8sObject, Kind
 from xpunet.testing.kubeapi import namespace_obj, network_policy, node, pod
-from xpunet.watcher.state import MirrorState, object_key, raw_key, sync_key, sync_marker
+from xpunet.watcher.state import (
+    MirrorState,
+    decode_list_page,
+    object_key,
+    raw_key,
+    sync_key,
+    sync_marker,
+)
 from xpunet.wire import encode_object
 
 
@@ -186,3 +194,28 @@ def test_written_state_converges_to_the_source(script: list[tuple[str, int, int]
                 kv[c.key] = c.value
             state.committed([c])
     assert kv == source
+
+
+def test_decode_list_page_normalises_items_and_keeps_rejects_keyed() -> None:
+    body = json.dumps(
+        {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": "42", "continue": "abc"},
+            "items": [pod("ns1", "a", ip="10.0.0.1"), pod("ns1", "bad", ip="nope"), {"metadata": {}}],
+        }
+    ).encode()
+    page = decode_list_page(Kind.POD, body)
+    assert page.continue_token == "abc"
+    assert page.resource_version == "42"
+    good, bad, nameless = page.items
+    assert (good.key, good.value) == ("pod.ns1.a", encode_pod(pod("ns1", "a", ip="10.0.0.1")))
+    assert (bad.key, bad.value, bad.ref) == ("pod.ns1.bad", None, "ns1/bad")
+    assert "nope" in bad.reason
+    assert nameless.key is None
+    assert nameless.value is None
+    state = MirrorState(encode)
+    for item in page.items:
+        state.apply(Kind.POD, item, now=0)
+    assert [c.key for c in state.take(10)] == ["pod.ns1.a"]
+    assert [r.ref for r in state.rejections] == ["ns1/bad", "default/?"]
