@@ -6,9 +6,13 @@ selectors with matchExpressions, ipBlocks with except, numeric, range and
 named ports (named ports resolve to different numbers on different pods).
 Measured in-process on the pure compiler plus wire encoding of every changed
 key (what the service hands to ``put_many``); NATS writes are not included.
+Each label change is timed in wall-clock and in process CPU time: on a shared
+machine the wall-clock tail includes time the process was not scheduled, the
+CPU figure does not.  The load average is printed with the figures.
 
-    .venv/bin/python bench/policy.py            # full size, prints JSON
-    .venv/bin/python bench/policy.py --quick    # small, a few seconds
+    .venv/bin/python bench/policy.py                # 50,000 then 5,000 pods, prints JSON
+    .venv/bin/python bench/policy.py --only 5000    # one size, in a fresh process
+    .venv/bin/python bench/policy.py --quick        # small, a few seconds
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import resource
 import statistics
@@ -37,11 +42,17 @@ from xpunet.model.objects import (
     NetworkPolicyRule,
     Pod,
 )
-from xpunet.policy.compiler import PolicyCompiler
+from xpunet.policy.compiler import DEFAULT_GLOBAL_SET_NODES, PolicyCompiler
 from xpunet.wire import encode_object
 
 APPS = 20
 TEAMS = 20
+# pods -> (pods, namespaces, nodes, policies)
+SIZES = {
+    50000: (50000, 1000, 500, 2000),
+    5000: (5000, 100, 50, 200),
+    500: (500, 10, 5, 20),
+}
 
 
 def build_cluster(
@@ -175,12 +186,12 @@ def encode_all(changes: dict[str, object]) -> int:
 
 
 def cold(
-    pods: int, namespaces: int, nodes: int, policies: int
+    pods: int, namespaces: int, nodes: int, policies: int, global_set_nodes: int = DEFAULT_GLOBAL_SET_NODES
 ) -> tuple[PolicyCompiler, list[Pod], dict[str, float]]:
     nss, pod_objs, pols = build_cluster(pods, namespaces, nodes, policies)
     gc.collect()
     started = time.perf_counter()
-    compiler = PolicyCompiler()
+    compiler = PolicyCompiler(global_set_nodes=global_set_nodes)
     for ns in nss:
         compiler.upsert_namespace(ns)
     for pol in pols:
@@ -198,6 +209,7 @@ def cold(
         "keys": len(changes),
         "endpoint_keys": sum(1 for k in changes if ".policy.ep." in k),
         "ipset_keys": sum(1 for k in changes if ".policy.ipset." in k),
+        "global_ipset_keys": sum(1 for k in changes if k.startswith("global.")),
         "bytes": size,
     }
     return compiler, pod_objs, figures
@@ -206,25 +218,38 @@ def cold(
 def incremental(compiler: PolicyCompiler, pod_objs: list[Pod], rounds: int) -> dict[str, float]:
     rnd = random.Random(7)
     latencies = []
+    cpu = []
     keys_written = []
     for _ in range(rounds):
         i = rnd.randrange(len(pod_objs))
         pod = pod_objs[i]
         changed = replace(pod, labels=Labels({**pod.labels, "app": f"app{rnd.randrange(APPS)}"}))
         started = time.perf_counter()
+        cpu_started = time.process_time()
         compiler.upsert_pod(changed)
         changes = compiler.flush()
         encode_all(dict(changes))
+        cpu.append((time.process_time() - cpu_started) * 1000)
         latencies.append((time.perf_counter() - started) * 1000)
         keys_written.append(len(changes))
         pod_objs[i] = changed
     latencies.sort()
+    cpu.sort()
+    keys_written.sort()
     return {
         "p50_ms": round(statistics.median(latencies), 3),
-        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3),
+        "p99_ms": round(_p99(latencies), 3),
         "max_ms": round(latencies[-1], 3),
+        "cpu_p50_ms": round(statistics.median(cpu), 3),
+        "cpu_p99_ms": round(_p99(cpu), 3),
+        "cpu_max_ms": round(cpu[-1], 3),
         "mean_keys_written": round(statistics.mean(keys_written), 2),
+        "max_keys_written": keys_written[-1],
     }
+
+
+def _p99(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 def peak_rss_mib() -> float:
@@ -235,15 +260,27 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes only (5,000 and 500 pods)")
     parser.add_argument("--rounds", type=int, default=500, help="label changes per size")
-    args = parser.parse_args(argv)
-    sizes = (
-        [(5000, 100, 50, 200), (500, 10, 5, 20)]
-        if args.quick
-        else [(50000, 1000, 500, 2000), (5000, 100, 50, 200)]
+    parser.add_argument("--only", type=int, choices=sorted(SIZES), help="run one size (pods) only")
+    parser.add_argument(
+        "--global-set-nodes",
+        type=int,
+        default=DEFAULT_GLOBAL_SET_NODES,
+        help="nodes from which a set is published once under global. (a large value: always per node)",
     )
-    result: dict[str, object] = {"python": sys.version.split()[0]}
+    args = parser.parse_args(argv)
+    if args.only is not None:
+        sizes = [SIZES[args.only]]
+    elif args.quick:
+        sizes = [SIZES[5000], SIZES[500]]
+    else:
+        sizes = [SIZES[50000], SIZES[5000]]
+    result: dict[str, object] = {
+        "python": sys.version.split()[0],
+        "global_set_nodes": args.global_set_nodes,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
     for pods, namespaces, nodes, policies in sizes:
-        compiler, pod_objs, figures = cold(pods, namespaces, nodes, policies)
+        compiler, pod_objs, figures = cold(pods, namespaces, nodes, policies, args.global_set_nodes)
         figures["peak_rss_mib"] = peak_rss_mib()  # the largest size runs first, so this is its peak
         figures.update(incremental(compiler, pod_objs, args.rounds))
         result[f"pods_{pods}"] = {
@@ -254,6 +291,7 @@ def main(argv: list[str]) -> None:
         }
         del compiler, pod_objs
         gc.collect()
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 
 
