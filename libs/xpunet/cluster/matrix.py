@@ -12,7 +12,8 @@ A NodePort with ``externalTrafficPolicy: Cluster`` masquerades: a backend on
 another node than the client sees the client's node address as the source
 (as with kube-proxy), so that backend is checked against the node address;
 a backend on the client's own node sees the pod (policy is enforced before
-the masquerade on the way out of the node).
+the masquerade on the way out of the node).  With ``Local`` only the backends
+on the client's node serve (none: dropped) and they see the pod.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Destination:
     protocol: Protocol
     backends: tuple[tuple[str, int], ...]  # (pod IP, target port) the policy is checked against
     snat: bool = False  # NodePort, externalTrafficPolicy Cluster: remote backends see the node address
+    local_only: bool = False  # NodePort, externalTrafficPolicy Local: only the client node's backends
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ def destinations(pods: Sequence[Pod], services: Sequence[Service], *, family: in
                     "TCP",
                     tuple(backends),
                     snat=svc.external_traffic_policy != "Local",
+                    local_only=svc.external_traffic_policy == "Local",
                 )
             )
     return out
@@ -152,6 +155,11 @@ def expected(
     if not dst.backends:
         return "refuse"
     node_of = {ip: p.node for p in pods for ip in p.ips}
+    backends = dst.backends
+    if dst.local_only:
+        backends = tuple(b for b in backends if node_of.get(b[0]) == src.node)
+        if not backends:
+            return "deny"  # no endpoint on this node: dropped
     masquerade = (node_addresses or {}).get(src.node or "") if dst.snat else None
 
     def seen_from(backend_ip: str) -> str:
@@ -161,7 +169,7 @@ def expected(
 
     verdicts = {
         is_allowed(cluster, src_ip=seen_from(ip), dst_ip=ip, port=port, protocol=dst.protocol)
-        for ip, port in dst.backends
+        for ip, port in backends
     }
     if verdicts == {True}:
         return "allow"

@@ -104,3 +104,53 @@ def test_expected_column_follows_the_reference_evaluator() -> None:
     assert not cell.agrees
     lines = format_matrix(["d/cli"], ["web"], {("d/cli", "web"): cell})
     assert lines[1].endswith("ok/-- !")
+
+
+@pytest.mark.parametrize(
+    ("policy", "want"),
+    [
+        pytest.param("Cluster", "mixed", id="cluster-masquerades-to-remote-backends"),
+        pytest.param("Local", "allow", id="local-keeps-the-client-and-uses-local-backends"),
+    ],
+)
+def test_nodeport_expectation_models_masquerade_and_local_backends(policy: str, want: str) -> None:
+    ports = [{"name": "http", "containerPort": 8080}]
+    web1 = _pod("web-1", "node-1", {"app": "web"}, ports, ["10.0.1.5"])
+    web2 = _pod("web-2", "node-2", {"app": "web"}, ports, ["10.0.2.5"])
+    cli = _pod("cli", "node-1", {"app": "cli"}, ports, ["10.0.1.6"])
+    np = _svc(
+        "np",
+        type="NodePort",
+        clusterIP="10.96.0.2",
+        clusterIPs=["10.96.0.2"],
+        externalTrafficPolicy=policy,
+        selector={"app": "web"},
+        ports=[{"port": 80, "targetPort": "http", "nodePort": 30080}],
+    )
+    from_pods = parse.parse_network_policy(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"namespace": "d", "name": "pods-only"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"from": [{"podSelector": {}}]}],
+            },
+        }
+    )
+    pods = [web1, web2, cli]
+    columns = {d.label: d for d in destinations(pods, [np])}
+    nodes = {"node-1": "172.31.0.11", "node-2": "172.31.0.12"}
+    # web-2 (other node) sees node-1's address under Cluster: not a pod, so denied there.
+    assert expected(pods, [], [from_pods], cli, columns["np:np"], node_addresses=nodes) == want
+    assert "np:np" not in {d.label for d in destinations(pods, [np], family=6)}  # an IPv4-only Service
+    deny_all = parse.parse_network_policy(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"namespace": "d", "name": "deny-all"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        }
+    )
+    assert expected(pods, [], [deny_all], cli, columns["cli"]) == "allow"  # its own address: loopback
+    assert expected(pods, [], [deny_all], cli, columns["web-1"]) == "deny"
