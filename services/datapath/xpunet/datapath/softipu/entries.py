@@ -33,7 +33,10 @@ from xpunet.p4rt.schema import (
     check_value,
 )
 
-MatchKey = tuple[Any, ...]
+Slots = tuple[Any, ...]  # one component per match field (None: omitted), then the priority
+# A table entry's identity: its slots, or for tables on the wire fast path (.wirekey) the canonical
+# bytes of its match fields.
+MatchKey = Slots | bytes
 
 _EXACT = MatchKind.EXACT
 _LPM = MatchKind.LPM
@@ -95,7 +98,7 @@ def table_of(schema: PipelineSchema, table_id: int) -> TableSpec:
     return table
 
 
-def match_key(table: TableSpec, entry: p4runtime_pb2.TableEntry, canon: Canonicaliser) -> MatchKey:
+def match_key(table: TableSpec, entry: p4runtime_pb2.TableEntry, canon: Canonicaliser) -> Slots:
     """The canonical identity of ``entry`` in ``table`` (validates every match field).
 
     Layout: one slot per match field of the table, in P4Info order (None for an
@@ -192,7 +195,7 @@ class KeyPlan:
             self.actions[ref.action_id] = (params, (1 << len(spec.params)) - 1)
 
 
-def fast_key(plan: KeyPlan, entry: p4runtime_pb2.TableEntry) -> MatchKey | None:
+def fast_key(plan: KeyPlan, entry: p4runtime_pb2.TableEntry) -> Slots | None:
     fields = plan.fields
     slots: list[Any] = [None] * plan.nfields
     exact_seen = 0

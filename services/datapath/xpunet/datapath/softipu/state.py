@@ -1,8 +1,9 @@
 """softipu's forwarding state: the installed pipeline and its tables, profiles, counters.
 
 Tables are dicts keyed by canonical match keys (see :mod:`.entries`), holding
-the stored ``p4.v1.TableEntry`` messages; direct counters sit beside them in a
-dict with the same keys.  :meth:`DeviceState.write` applies a WriteRequest's
+each entry as its serialised ``p4.v1.TableEntry`` (compact, and out of the
+cyclic GC's way); direct counters sit beside them in a dict with the same keys,
+a cell made only once an entry counts something.  :meth:`DeviceState.write` applies a WriteRequest's
 updates with the spec's semantics and returns one ``google.rpc`` code and
 message per update; :meth:`DeviceState.read` yields the entities a ReadRequest
 selects (wildcards included).  Single-threaded by design: the asyncio server
@@ -13,7 +14,7 @@ and packet execution.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -35,7 +36,9 @@ from xpunet.datapath.softipu.entries import (
     match_key,
     table_of,
 )
+from xpunet.datapath.softipu.wirekey import TYPE_OFFSET, UPDATE_HEAD, WirePlan
 from xpunet.p4rt.schema import PipelineSchema, TableSpec
+from xpunet.p4rt.wire import LENGTH_DELIMITED, tag, varint
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,9 @@ _DELETE = p4runtime_pb2.Update.DELETE
 OK = code_pb2.OK
 
 UpdateResult = tuple[int, str]  # (google.rpc code, message)
+_ZERO_CELL = (0, 0)
+_TABLE_ENTRY_TAG = tag(p4runtime_pb2.Entity, "table_entry", LENGTH_DELIMITED)
+_parse_entity = p4runtime_pb2.Entity.FromString
 _OK_RESULT: UpdateResult = (OK, "")
 
 
@@ -55,11 +61,41 @@ _OK_RESULT: UpdateResult = (OK, "")
 class TableState:
     spec: TableSpec
     plan: KeyPlan
-    entries: dict[MatchKey, p4runtime_pb2.TableEntry] = field(default_factory=dict)
-    # Direct counter cells, [bytes, packets], for tables with a direct counter.
+    wire: WirePlan | None  # the regex fast path, for exact-match direct tables
+    # Each entry as its serialised p4.v1.TableEntry (canonical values, no counter data): a few dozen
+    # bytes instead of a parsed message (~1 KB with its arena), and invisible to the cyclic GC, which
+    # would otherwise walk every entry in each full collection.
+    stored: dict[MatchKey, bytes] = field(default_factory=dict)
+    # Direct counter cells, [bytes, packets], made on the first count: an entry without one reads 0/0.
     counters: dict[MatchKey, list[int]] = field(default_factory=dict)
     # None: the P4Info's initial default action is in force.
     default_action: p4runtime_pb2.TableAction | None = None
+
+    @property
+    def entries(self) -> Mapping[MatchKey, p4runtime_pb2.TableEntry]:
+        """The entries as messages, parsed on access (for readers off the Write path)."""
+        return ParsedEntries(self.stored)
+
+
+class ParsedEntries(Mapping[MatchKey, p4runtime_pb2.TableEntry]):
+    """A read-only view of a table's stored entries that parses each one when it is looked at."""
+
+    __slots__ = ("_stored",)
+
+    def __init__(self, stored: dict[MatchKey, bytes]) -> None:
+        self._stored = stored
+
+    def __getitem__(self, key: MatchKey) -> p4runtime_pb2.TableEntry:
+        return _parse(self._stored[key])
+
+    def __iter__(self) -> Iterator[MatchKey]:
+        return iter(self._stored)
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+
+_parse = p4runtime_pb2.TableEntry.FromString
 
 
 @dataclass(slots=True)
@@ -81,12 +117,22 @@ class Pipeline:
 class DeviceState:
     """The tables of one device under one pipeline."""
 
-    def __init__(self, pipeline: Pipeline, *, strict_bytestrings: bool = False) -> None:
+    def __init__(
+        self, pipeline: Pipeline, *, strict_bytestrings: bool = False, wire_path: bool = True
+    ) -> None:
         self.pipeline = pipeline
         self.schema = pipeline.schema
         self.strict = strict_bytestrings
         self.tables: dict[int, TableState] = {
-            t.id: TableState(t, KeyPlan(self.schema, t)) for t in self.schema.tables
+            t.id: TableState(
+                t, KeyPlan(self.schema, t), WirePlan(self.schema, t) if WirePlan.applies_to(t) else None
+            )
+            for t in self.schema.tables
+        }
+        # Tables on the wire fast path, by the varint of their id (as it appears in a serialised entry).
+        # (``wire_path=False`` sends everything the full way: tests compare the two.)
+        self._wire_tables = {
+            varint(t.spec.id): t for t in self.tables.values() if t.wire is not None and wire_path
         }
         self.profiles: dict[int, ProfileState] = {p.id: ProfileState() for p in self.schema.action_profiles}
         self.counter_cells: dict[int, dict[int, list[int]]] = {c.id: {} for c in self.schema.counters}
@@ -107,9 +153,11 @@ class DeviceState:
         undo: list[Callable[[], None]] | None = [] if rollback else None
         results: list[UpdateResult] = []
         failed = False
+        wire = self._write_wire
         for update in updates:
             try:
-                self._apply(update, undo)
+                if not wire(update, undo):
+                    self._apply(update, undo)
             except EntityError as exc:
                 results.append((exc.code, exc.message))
                 failed = True
@@ -120,6 +168,53 @@ class DeviceState:
                 step()
             results = [(code_pb2.ABORTED, "rolled back") if r[0] == OK else r for r in results]
         return results
+
+    def _write_wire(self, update: p4runtime_pb2.Update, undo: list[Callable[[], None]] | None) -> bool:
+        """Apply a plain exact-match table update from its serialised form; False: not that kind."""
+        data = update.SerializeToString()
+        head = UPDATE_HEAD.match(data)
+        if head is None:
+            return False
+        state = self._wire_tables.get(head.group("table"))
+        if state is None:
+            return False
+        wire = state.wire
+        assert wire is not None  # only such tables are in _wire_tables
+        found = wire.pattern.fullmatch(data, head.end())
+        if found is None:
+            return False
+        utype = data[TYPE_OFFSET]
+        key = found.group("match")
+        stored = state.stored
+        old = stored.get(key)
+        spec = state.spec
+        if utype == _DELETE:
+            if old is None:
+                raise EntityError(code_pb2.NOT_FOUND, f"table {spec.name}: no such entry")
+            del stored[key]
+            cell = state.counters.pop(key, None)
+            if undo is not None:
+                undo.append(lambda: self._restore(state, key, old, cell))
+            return True
+        if found.start("action") < 0:
+            return False  # no action: the full path says what is wrong
+        if old is None:
+            if utype == _MODIFY:
+                raise EntityError(code_pb2.NOT_FOUND, f"table {spec.name}: no such entry")
+            if spec.size and len(stored) >= spec.size:
+                raise EntityError(
+                    code_pb2.RESOURCE_EXHAUSTED, f"table {spec.name} is full ({spec.size} entries)"
+                )
+        elif utype == _INSERT:
+            raise EntityError(code_pb2.ALREADY_EXISTS, f"table {spec.name}: entry already exists")
+        stored[key] = data[head.start("entry") :]
+        if undo is not None:
+            if old is None:
+                undo.append(lambda: self._remove(state, key))
+            else:
+                cell = state.counters.get(key)  # a MODIFY here leaves the counter alone
+                undo.append(lambda: self._restore(state, key, old, cell))
+        return True
 
     def _apply(self, update: p4runtime_pb2.Update, undo: list[Callable[[], None]] | None) -> None:
         utype = update.type
@@ -158,68 +253,79 @@ class DeviceState:
             return
         if spec.is_const_table:
             raise EntityError(code_pb2.PERMISSION_DENIED, f"table {spec.name} is const")
+        plan = state.plan
         canon: Canonicaliser | None = None
-        key = fast_key(state.plan, entry)
-        if key is None:
+        slots = fast_key(plan, entry)
+        if slots is None:
             canon = Canonicaliser(self.strict)
-            key = match_key(spec, entry, canon)
-        entries = state.entries
-        old = entries.get(key)
+            slots = match_key(spec, entry, canon)
+        key: MatchKey = slots if state.wire is None else state.wire.key_of(slots)
+        stored = state.stored
+        old = stored.get(key)
+        indirect = spec.implementation_id
         if utype == _DELETE:
             if old is None:
                 raise EntityError(code_pb2.NOT_FOUND, f"table {spec.name}: no such entry")
-            del entries[key]
+            del stored[key]
             cell = state.counters.pop(key, None)
-            self._release_action(spec, old.action)
+            if indirect:
+                self._release_action(spec, _parse(old).action)
             if undo is not None:
                 undo.append(lambda: self._restore(state, key, old, cell))
             return
-        if utype == _INSERT and old is not None:
+        if old is None:
+            if utype == _MODIFY:
+                raise EntityError(code_pb2.NOT_FOUND, f"table {spec.name}: no such entry")
+        elif utype == _INSERT:
             raise EntityError(code_pb2.ALREADY_EXISTS, f"table {spec.name}: entry already exists")
-        if utype == _MODIFY and old is None:
-            raise EntityError(code_pb2.NOT_FOUND, f"table {spec.name}: no such entry")
-        if spec.implementation_id or canon is not None or not fast_action_ok(state.plan, entry.action.action):
+        if indirect or canon is not None or not fast_action_ok(plan, entry.action.action):
             canon = canon or Canonicaliser(self.strict)
             self._check_table_action(spec, entry, canon)
-        if utype == _INSERT and spec.size and len(entries) >= spec.size:
+        if old is None and spec.size and len(stored) >= spec.size:
             raise EntityError(code_pb2.RESOURCE_EXHAUSTED, f"table {spec.name} is full ({spec.size} entries)")
         if canon is not None and canon.rewrote:
             canonicalise_match(entry)
-        if spec.implementation_id:
+        if indirect:
             self._hold_action(spec, entry.action)
             if old is not None:
-                self._release_action(spec, old.action)
-        entries[key] = entry
-        if spec.direct_counter_id:
-            if utype == _INSERT:
-                data = entry.counter_data
-                state.counters[key] = [data.byte_count, data.packet_count]
-            elif entry.HasField("counter_data"):
-                state.counters[key] = [entry.counter_data.byte_count, entry.counter_data.packet_count]
-        # Counter values live in the cells, not in the stored message.
+                self._release_action(spec, _parse(old).action)
+        counters = state.counters
+        previous_cell = counters.get(key) if old is not None else None
+        # Counter values live in the cells, not in the stored entry.
         if entry.HasField("counter_data"):
+            data = entry.counter_data
+            if spec.direct_counter_id and (data.byte_count or data.packet_count):
+                counters[key] = [data.byte_count, data.packet_count]
+            else:
+                counters.pop(key, None)
             entry.ClearField("counter_data")
+        stored[key] = entry.SerializeToString()
         if undo is not None:
             if old is None:
                 undo.append(lambda: self._remove(state, key))
             else:
-                undo.append(lambda: self._restore(state, key, old, None))
+                undo.append(lambda: self._restore(state, key, old, previous_cell))
 
-    def _restore(
-        self, state: TableState, key: MatchKey, entry: p4runtime_pb2.TableEntry, cell: list[int] | None
-    ) -> None:
-        current = state.entries.get(key)
-        if current is not None:
-            self._release_action(state.spec, current.action)
-        state.entries[key] = entry
-        self._hold_action(state.spec, entry.action)
-        if cell is not None:
-            state.counters[key] = cell
+    @staticmethod
+    def _match_key(state: TableState, entry: p4runtime_pb2.TableEntry, canon: Canonicaliser) -> MatchKey:
+        slots = match_key(state.spec, entry, canon)
+        return slots if state.wire is None else state.wire.key_of(slots)
+
+    def _restore(self, state: TableState, key: MatchKey, entry: bytes, cell: list[int] | None) -> None:
+        current = state.stored.get(key)
+        indirect = state.spec.implementation_id
+        if current is not None and indirect:
+            self._release_action(state.spec, _parse(current).action)
+        state.stored[key] = entry
+        if indirect:
+            self._hold_action(state.spec, _parse(entry).action)
+        _put_or_pop(state.counters, key, cell)
 
     def _remove(self, state: TableState, key: MatchKey) -> None:
-        entry = state.entries.pop(key)
+        entry = state.stored.pop(key)
         state.counters.pop(key, None)
-        self._release_action(state.spec, entry.action)
+        if state.spec.implementation_id:
+            self._release_action(state.spec, _parse(entry).action)
 
     def _write_default(
         self,
@@ -404,14 +510,14 @@ class DeviceState:
             raise invalid(f"table id {dce.table_entry.table_id:#x} is not in the pipeline")
         if not state.spec.direct_counter_id:
             raise invalid(f"table {state.spec.name} has no direct counter")
-        key = match_key(state.spec, dce.table_entry, Canonicaliser(self.strict))
-        cell = state.counters.get(key)
-        if cell is None:
+        key = self._match_key(state, dce.table_entry, Canonicaliser(self.strict))
+        if key not in state.stored:
             raise EntityError(code_pb2.NOT_FOUND, f"table {state.spec.name}: no such entry")
-        previous = list(cell)
-        cell[0], cell[1] = dce.data.byte_count, dce.data.packet_count
+        counters = state.counters
+        previous = counters.get(key)
+        counters[key] = [dce.data.byte_count, dce.data.packet_count]
         if undo is not None:
-            undo.append(lambda: cell.__setitem__(slice(None), previous))
+            undo.append(lambda: _put_or_pop(counters, key, previous))
 
     def _write_counter(self, ce: p4runtime_pb2.CounterEntry, undo: list[Callable[[], None]] | None) -> None:
         cells = self.counter_cells.get(ce.counter_id)
@@ -428,10 +534,14 @@ class DeviceState:
 
     def count_hit(self, table_id: int, key: MatchKey, nbytes: int) -> None:
         """Feed a direct counter (called by packet execution for a matched entry)."""
-        cell = self.tables[table_id].counters.get(key)
-        if cell is not None:
-            cell[0] += nbytes
-            cell[1] += 1
+        state = self.tables[table_id]
+        cell = state.counters.get(key)
+        if cell is None:
+            if key not in state.stored or not state.spec.direct_counter_id:
+                return
+            cell = state.counters[key] = [0, 0]
+        cell[0] += nbytes
+        cell[1] += 1
 
     # ------------------------------------------------------------------- read
 
@@ -471,20 +581,21 @@ class DeviceState:
                 yield out
                 continue
             if len(query.match) or query.priority:
-                key = match_key(state.spec, query, Canonicaliser(False))
-                found = state.entries.get(key)
+                key = self._match_key(state, query, Canonicaliser(False))
+                found = state.stored.get(key)
                 selected = [(key, found)] if found is not None else []
             else:
-                selected = list(state.entries.items())
+                selected = list(state.stored.items())
             counters = state.counters
+            counted = with_counters and state.spec.direct_counter_id
             for key, stored in selected:
-                out = p4runtime_pb2.Entity()
-                te = out.table_entry
-                te.CopyFrom(stored)
-                if with_counters and state.spec.direct_counter_id:
-                    cell = counters[key]
-                    te.counter_data.byte_count = cell[0]
-                    te.counter_data.packet_count = cell[1]
+                out = _parse_entity(_TABLE_ENTRY_TAG + varint(len(stored)) + stored)
+                if counted:
+                    cell = counters.get(key, _ZERO_CELL)
+                    data = out.table_entry.counter_data
+                    data.SetInParent()
+                    data.byte_count = cell[0]
+                    data.packet_count = cell[1]
                 yield out
 
     def _default_action_into(self, state: TableState, out: p4runtime_pb2.TableAction) -> None:
@@ -509,18 +620,19 @@ class DeviceState:
                     raise invalid(f"table {state.spec.name} has no direct counter")
                 continue
             if len(te_query.match) or te_query.priority:
-                key = match_key(state.spec, te_query, Canonicaliser(False))
-                keys = [key] if key in state.entries else []
+                key = self._match_key(state, te_query, Canonicaliser(False))
+                keys = [key] if key in state.stored else []
             else:
-                keys = list(state.entries)
+                keys = list(state.stored)
             for key in keys:
                 out = p4runtime_pb2.Entity()
                 dce = out.direct_counter_entry
-                stored = state.entries[key]
+                stored = _parse(state.stored[key])
                 dce.table_entry.table_id = stored.table_id
                 dce.table_entry.match.extend(stored.match)
                 dce.table_entry.priority = stored.priority
-                cell = state.counters[key]
+                dce.data.SetInParent()
+                cell = state.counters.get(key, _ZERO_CELL)
                 dce.data.byte_count = cell[0]
                 dce.data.packet_count = cell[1]
                 yield out
@@ -581,7 +693,8 @@ class DeviceState:
             for group in old_profile.groups.values():
                 dropped += self._replay(_INSERT, "action_profile_group", group)
         for table in previous.tables.values():
-            for key, entry in table.entries.items():
+            for key, raw in table.stored.items():
+                entry = _parse(raw)
                 cell = table.counters.get(key)
                 if cell is not None:
                     entry = _with_counter(entry, cell)
@@ -604,7 +717,7 @@ class DeviceState:
         return 0
 
     def entry_count(self) -> int:
-        return sum(len(t.entries) for t in self.tables.values())
+        return sum(len(t.stored) for t in self.tables.values())
 
 
 def _with_counter(entry: p4runtime_pb2.TableEntry, cell: list[int]) -> p4runtime_pb2.TableEntry:
