@@ -20,6 +20,9 @@ from xpunet.model.objects import (
     NetworkPolicyRule,
     Pod,
 )
+from xpunet.pipeline.groups import NodePorts
+from xpunet.pipeline.incremental import NodeLowering
+from xpunet.pipeline.lowering import lower, node_intents_from_kv
 from xpunet.policy.compiler import PolicyCompiler
 from xpunet.policy.reference import evaluate_intents
 
@@ -156,3 +159,39 @@ def test_global_sets_are_enforced_like_node_copies() -> None:
 def test_threshold_must_be_positive() -> None:
     with pytest.raises(ValueError, match="global_set_nodes"):
         PolicyCompiler(global_set_nodes=0)
+
+
+def test_every_placement_lowers_to_the_same_datapath_entries() -> None:
+    """The datapath reads sets from node.<node>. and global. alike: the layout changes no table entry."""
+    policies = (FROM_WEB, FROM_BLOCK)
+    lowered: dict[str, list[object]] = {}
+    for threshold in (1, 3, 16):
+        compiler = PolicyCompiler(global_set_nodes=threshold)
+        for policy in policies:
+            compiler.upsert_policy(policy)
+        compiler.upsert_pod(client("web", "10.0.0.1", node="n1"))
+        for i in range(5):
+            compiler.upsert_pod(server(f"db{i}", f"10.0.1.{i + 1}", f"n{i % 4 + 1}"))
+        intents = dict(compiler.flush())
+        for node in ("n1", "n2", "n4"):
+            refs = [
+                f"{v.namespace}/{v.pod}"
+                for v in intents.values()
+                if isinstance(v, PolicyEndpoint) and v.node == node
+            ]
+            ports = NodePorts(
+                endpoints={ref: 10 + i for i, ref in enumerate(sorted(refs))}, host=1, uplinks=(2,)
+            )
+            incremental = NodeLowering(node, ports)
+            for key, value in intents.items():
+                incremental.set_intent(key, value)
+            incremental.flush()
+            result = incremental.lowered()
+            assert result == lower(
+                node_intents_from_kv(node, intents), ports, allocation=incremental.allocation()
+            )
+            assert not result.problems
+            lowered.setdefault(node, []).append(result.entries)
+    for node, results in lowered.items():
+        assert results[0], node
+        assert all(r == results[0] for r in results), node
