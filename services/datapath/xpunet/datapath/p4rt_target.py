@@ -195,7 +195,8 @@ class EmbeddedSoftIpuTarget(P4RuntimeTarget):
         self.listen = listen
         from xpunet.datapath.softipu.server import SoftIpu
 
-        self.softipu = SoftIpu(device_id=settings.device_id)
+        # The datapath in this process already freezes the (shared) heap after big passes.
+        self.softipu = SoftIpu(device_id=settings.device_id, gc_freeze_after=0)
 
     async def start(self) -> None:
         port = await self.softipu.start(self.listen)

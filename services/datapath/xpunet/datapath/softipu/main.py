@@ -29,11 +29,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="reject non-canonical (zero-padded) bytestrings instead of canonicalising them",
     )
+    parser.add_argument(
+        "--gc-freeze-after",
+        type=int,
+        default=50_000,
+        help="freeze the heap out of the cyclic GC after this many updates (0: never; default %(default)s)",
+    )
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if args.gc_freeze_after < 0:
+        parser.error("--gc-freeze-after must be >= 0")
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("--tls-client-ca needs --tls-cert/--tls-key")
     return args
@@ -47,7 +55,11 @@ async def serve(args: argparse.Namespace) -> None:
             private_key=args.tls_key.read_bytes(),
             client_ca=args.tls_client_ca.read_bytes() if args.tls_client_ca else None,
         )
-    softipu = SoftIpu(device_id=args.device_id, strict_bytestrings=args.strict_bytestrings)
+    softipu = SoftIpu(
+        device_id=args.device_id,
+        strict_bytestrings=args.strict_bytestrings,
+        gc_freeze_after=args.gc_freeze_after,
+    )
     port = await softipu.start(args.listen, tls=tls)
     if args.port_file is not None:
         args.port_file.write_text(f"{port}\n")

@@ -13,6 +13,7 @@ per update, in order (OK for the ones that were applied).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -61,9 +62,17 @@ class _AbortError(Exception):
 class SoftIpu(p4runtime_pb2_grpc.P4RuntimeServicer):
     """A P4Runtime device backed by dicts."""
 
-    def __init__(self, *, device_id: int = 1, strict_bytestrings: bool = False) -> None:
+    def __init__(
+        self, *, device_id: int = 1, strict_bytestrings: bool = False, gc_freeze_after: int = 50_000
+    ) -> None:
         self.device_id = device_id
         self.strict_bytestrings = strict_bytestrings
+        # After this many updates since the last time (a big load, then churn), move the heap out of
+        # the cyclic GC's reach (gc.collect(1); gc.freeze()), so no full collection walks the tables
+        # in the middle of a later Write.  Process-wide; 0 turns it off (an embedding process that
+        # manages its own GC).
+        self.gc_freeze_after = gc_freeze_after
+        self._written_since_freeze = 0
         self.arbiter = Arbiter(device_id)
         self.state: DeviceState | None = None
         self.saved: Pipeline | None = None  # VERIFY_AND_SAVE'd, waiting for COMMIT
@@ -185,6 +194,9 @@ class SoftIpu(p4runtime_pb2_grpc.P4RuntimeServicer):
             await context.abort(_GRPC_CODE[exc.code], exc.message)
         results = state.write(request.updates, rollback=request.atomicity in _ROLLBACK)
         self.write_generation += 1
+        self._written_since_freeze += len(results)
+        if self.gc_freeze_after and self._written_since_freeze >= self.gc_freeze_after:
+            self._freeze_heap()
         failed = sum(1 for code, _ in results if code != code_pb2.OK)
         if failed:
             message = f"{failed} of {len(results)} update(s) failed"
@@ -199,6 +211,16 @@ class SoftIpu(p4runtime_pb2_grpc.P4RuntimeServicer):
                 trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
             )
         return p4runtime_pb2.WriteResponse()
+
+    def _freeze_heap(self) -> None:
+        gc.collect(1)  # young cyclic garbage first (cheap), so little is frozen with the live heap
+        gc.freeze()
+        log.info(
+            "softipu device %d: %d updates since the last freeze; heap frozen out of the cyclic GC",
+            self.device_id,
+            self._written_since_freeze,
+        )
+        self._written_since_freeze = 0
 
     # ------------------------------------------------------------- read
 
