@@ -157,6 +157,33 @@ async def test_network_policy_on_real_packets(tmp_path: Path) -> None:
         bcli = cluster.pod("b/cli")
         assert (await probe.tcp(bcli.netns, srv.ip(4), 8080)).ok
         assert (await probe.tcp(bcli.netns, cluster.pod("a/srv-2").ip(4), 8080)).outcome == "timeout"
+        # Egress from a/cli: to namespaces matched by an expression, on a port range (endPort).
+        acli = cluster.pod("a/cli")
+
+        def cli_egress(first: int, last: int) -> dict[str, Any]:
+            to_b = {
+                "namespaceSelector": {
+                    "matchExpressions": [{"key": "team", "operator": "In", "values": ["b"]}]
+                }
+            }
+            return _policy(
+                "a",
+                "cli-egress",
+                {
+                    "podSelector": {"matchLabels": {"app": "cli"}},
+                    "policyTypes": ["Egress"],
+                    "egress": [
+                        {"to": [to_b], "ports": [{"protocol": "TCP", "port": first, "endPort": last}]}
+                    ],
+                },
+            )
+
+        cluster.apply(cli_egress(8000, 8090))
+        await _converge_and_check(cluster, stack)
+        assert (await probe.tcp(acli.netns, bcli.ip(6), 8080)).ok
+        cluster.apply(cli_egress(8081, 8090))  # 8080 falls out of the range
+        await _converge_and_check(cluster, stack)
+        assert (await probe.tcp(acli.netns, bcli.ip(6), 8080)).outcome == "timeout"
 
 
 @pytest.mark.skipif(not sctp_supported(), reason="this kernel offers no SCTP sockets (sctp module absent)")
