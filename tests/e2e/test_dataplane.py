@@ -1,9 +1,10 @@
 """xpunet on real packets: Services (ClusterIP, NodePort, spread, affinity, no endpoints), NetworkPolicy
-(both directions, named ports, ipBlock except, UDP, SCTP), changes under established connections, and a
-restart of the stack (datapaths included) under traffic.
+(both directions, named ports, ipBlock except, matchExpressions, endPort, UDP, SCTP), changes under
+established connections, and a restart of the stack (datapaths included) under traffic.
 
-These need the kernel target and the CNI wired into the datapath; until then
-they skip with the reason ``xpunet.cluster.wiring`` gives (the missing piece).
+Pods are attached through ``xpunet-cni`` and every node's datapath programs
+its namespace with the kernel target.  Where a piece is missing they skip
+with the reason ``xpunet.cluster.wiring`` gives.
 """
 
 from __future__ import annotations
