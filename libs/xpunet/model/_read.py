@@ -33,6 +33,18 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 # IANA_SVC_NAME: the syntax of named ports (container ports, targetPort, policy ports).
 _PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 _PREFIX_LEN = re.compile(r"[0-9]{1,3}")
+# A dotted quad exactly as ipaddress prints it (no leading zeros, each octet <= 255): such
+# text is already canonical, so the common case skips building an address object.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}", re.ASCII)
+
+# Label keys and values already found valid.  They repeat across objects (app, tier,
+# pod-template-hash, ...), so most checks become one set lookup.  Bounded: cleared when full.
+_VALID_CACHE_LIMIT = 20_000
+_valid_label_keys: set[str] = set()
+_valid_label_values: set[str] = {""}
+_valid_dns_labels: set[str] = set()
+_valid_port_names: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +175,12 @@ def pick(o: Obj, value: str, allowed: tuple[S, ...], path: str, *, what: str = "
 def check_name(o: Obj, value: str, path: str, *, label: bool = False) -> str:
     """A DNS-1123 subdomain (object names) or label (namespace names)."""
     if label:
+        if value in _valid_dns_labels:  # namespace names repeat on every namespaced object
+            return value
         if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
             o.fail(path, f"{describe(value)} is not a valid DNS-1123 label")
+        if type(value) is str:
+            _remember(_valid_dns_labels, value, ())
     elif len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
         o.fail(path, f"{describe(value)} is not a valid DNS-1123 subdomain")
     return value
@@ -188,15 +204,29 @@ def check_label_value(o: Obj, value: str, path: str) -> str:
 def labels(o: Obj, parent: JSONMap, key: str, path: str) -> Labels:
     """A string→string map of labels (metadata.labels, matchLabels, a Service selector)."""
     raw = opt_map(o, parent, key, path)
-    base = sub(path, key)
     out: dict[str, str] = {}
+    keys_ok, values_ok = _valid_label_keys, _valid_label_values
     for k, v in raw.items():
+        if type(k) is str and type(v) is str and k in keys_ok and v in values_ok:
+            out[k] = v  # seen and checked before
+            continue
+        base = sub(path, key)
         if not isinstance(k, str):
             o.fail(base, f"label key {describe(k)} is not a string")
         field = f"{base}[{k}]"
         check_label_key(o, k, field)
         out[k] = check_label_value(o, as_str(o, v, field), field)
+        if type(k) is str and type(v) is str:  # not subclasses: their equality may differ
+            _remember(keys_ok, k, ())
+            _remember(values_ok, v, ("",))
     return Labels(out)
+
+
+def _remember(cache: set[str], value: str, seed: tuple[str, ...]) -> None:
+    if len(cache) >= _VALID_CACHE_LIMIT:
+        cache.clear()
+        cache.update(seed)
+    cache.add(value)
 
 
 def check_port(o: Obj, value: int, path: str) -> int:
@@ -205,14 +235,25 @@ def check_port(o: Obj, value: int, path: str) -> int:
     return value
 
 
-def check_port_name(o: Obj, value: str, path: str) -> str:
+def is_port_name(value: str) -> bool:
     """IANA_SVC_NAME: lowercase alphanumerics and '-', at least one letter, at most 15 characters."""
+    if value in _valid_port_names:
+        return True
     if (
         len(value) > 15
         or not _PORT_NAME.fullmatch(value)
         or "--" in value
         or not any(c.isalpha() for c in value)
     ):
+        return False
+    if type(value) is str:
+        _remember(_valid_port_names, value, ())
+    return True
+
+
+def check_port_name(o: Obj, value: str, path: str) -> str:
+    """IANA_SVC_NAME: lowercase alphanumerics and '-', at least one letter, at most 15 characters."""
+    if not is_port_name(value):
         o.fail(path, f"{describe(value)} is not a valid port name (IANA_SVC_NAME)")
     return value
 
@@ -241,6 +282,8 @@ def protocol(o: Obj, parent: JSONMap, path: str) -> Protocol:
 
 def ip(o: Obj, value: Any, path: str, *, family: int | None = None) -> str:
     """A single IP address, normalised (RFC 5952 for IPv6)."""
+    if type(value) is str and (family is None or family == 4) and _CANONICAL_IPV4.fullmatch(value):
+        return value  # what the full check below would return for it
     text = as_str(o, value, path)
     # Zone ids and IPv4-mapped IPv6 are ambiguous; the API's strict IP validation rejects them.
     if "%" in text:

@@ -40,6 +40,7 @@ from xpunet.model._read import JSONMap, Obj
 from xpunet.model.errors import ModelError
 from xpunet.model.objects import (
     NAMESPACE_NAME_LABEL,
+    PROTOCOLS,
     SERVICE_NAME_LABEL,
     ContainerPort,
     Endpoint,
@@ -53,6 +54,7 @@ from xpunet.model.objects import (
     Node,
     NodeAddress,
     Pod,
+    Protocol,
     Service,
     ServicePort,
     ServiceType,
@@ -78,6 +80,10 @@ _TRAFFIC_POLICIES: tuple[TrafficPolicy, ...] = ("Cluster", "Local")
 _AFFINITIES: tuple[Literal["None", "ClientIP"], ...] = ("None", "ClientIP")
 _FAMILIES: tuple[Literal["IPv4", "IPv6"], ...] = ("IPv4", "IPv6")
 _ADDRESS_TYPES: tuple[Literal["IPv4", "IPv6", "FQDN"], ...] = ("IPv4", "IPv6", "FQDN")
+
+
+# Stands in for the object while a fast path only asks whether a value passes a check.
+_QUIET: Final = Obj("?", "?")
 
 
 # --- metadata ------------------------------------------------------------------
@@ -123,6 +129,9 @@ def _uid(o: Obj, meta: JSONMap) -> str:
 
 
 def parse_pod(obj: Mapping[str, Any]) -> Pod:
+    # The watcher parses every pod of the cluster: the helpers below try the common
+    # shape first without building error paths, and fall back to the checked code
+    # (which names any problem) for anything else, so results and errors are the same.
     o, root, meta = _start("Pod", obj, namespaced=True)
     spec = r.opt_map(o, root, "spec", "")
     status = r.opt_map(o, root, "status", "")
@@ -131,13 +140,78 @@ def parse_pod(obj: Mapping[str, Any]) -> Pod:
         name=_name(o, meta),
         uid=_uid(o, meta),
         node=r.opt_str(o, spec, "nodeName", "spec") or None,
-        ips=_pod_ips(o, status),
+        ips=_pod_ips_common(status) or _pod_ips(o, status),
         labels=r.labels(o, meta, "labels", "metadata"),
-        ports=_container_ports(o, spec),
+        ports=_container_ports_common(spec) or _container_ports(o, spec),
         phase=r.opt_str(o, status, "phase", "status") or "Pending",
         ready=_condition_true(o, status, "Ready"),
         host_network=bool(r.opt_bool(o, spec, "hostNetwork", "spec")),
     )
+
+
+_PROTOCOL_OF: Final[Mapping[Any, Protocol]] = {p: p for p in PROTOCOLS}
+_CONTAINER_GROUPS: Final = ("containers", "initContainers")
+
+
+def _pod_ips_common(status: JSONMap) -> tuple[str, ...] | None:
+    """``_pod_ips`` for podIPs entries that are maps with valid IPs; None (use ``_pod_ips``) otherwise."""
+    entries = status.get("podIPs")
+    if type(entries) is not list or not entries:
+        return None
+    out: list[str] = []
+    for entry in entries:
+        if type(entry) is not dict:
+            return None
+        value = entry.get("ip")
+        if type(value) is not str:
+            return None
+        out.append(value)
+    try:
+        checked = [r.ip(_QUIET, value, "") for value in out]
+    except ModelError:
+        return None
+    return tuple(dict.fromkeys(checked))
+
+
+def _container_ports_common(spec: JSONMap) -> tuple[ContainerPort, ...] | None:
+    """``_container_ports`` for well-formed containers; None (use ``_container_ports``) for anything else.
+
+    An empty result is also None: the checked path then confirms there is nothing to find.
+    """
+    out: list[ContainerPort] = []
+    for group in _CONTAINER_GROUPS:
+        containers = spec.get(group)
+        if containers is None:
+            continue
+        if type(containers) is not list:
+            return None
+        for container in containers:
+            if type(container) is not dict:
+                return None
+            if group == "initContainers" and container.get("restartPolicy") != "Always":
+                continue
+            ports = container.get("ports")
+            if ports is None:
+                continue
+            if type(ports) is not list:
+                return None
+            for raw in ports:
+                if type(raw) is not dict:
+                    return None
+                number = raw.get("containerPort")
+                if type(number) is not int or not 1 <= number <= 65535:
+                    return None
+                proto = raw.get("protocol")
+                protocol = "TCP" if proto is None else _PROTOCOL_OF.get(proto) if type(proto) is str else None
+                if protocol is None:
+                    return None
+                name = raw.get("name")
+                if name == "":
+                    name = None
+                elif name is not None and (type(name) is not str or not r.is_port_name(name)):
+                    return None
+                out.append(ContainerPort(number, protocol, name))
+    return tuple(out) or None
 
 
 def _pod_ips(o: Obj, status: JSONMap) -> tuple[str, ...]:
@@ -179,6 +253,26 @@ def _container_ports(o: Obj, spec: JSONMap) -> tuple[ContainerPort, ...]:
 
 
 def _condition_true(o: Obj, status: JSONMap, kind: str) -> bool:
+    conditions = status.get("conditions")
+    if type(conditions) is list:
+        # The common shape first, without error paths; anything odd is re-read below with checks.
+        for entry in conditions:
+            if type(entry) is not dict:
+                break
+            ctype = entry.get("type")
+            if ctype is not None and type(ctype) is not str:
+                break
+            if ctype == kind:
+                value = entry.get("status")
+                if value is None or type(value) is str:
+                    return value == "True"
+                break
+        else:
+            return False
+    return _condition_true_checked(o, status, kind)
+
+
+def _condition_true_checked(o: Obj, status: JSONMap, kind: str) -> bool:
     for i, entry in enumerate(r.opt_list(o, status, "conditions", "status")):
         at = f"status.conditions[{i}]"
         cond = r.as_map(o, entry, at)
