@@ -157,7 +157,7 @@ def generate(
     env: dict[str, Any] = {
         # Only what the generated code names; a missing one would turn every call into a fallback
         # (tests assert valid data never falls back).
-        "__builtins__": {"type": type, "tuple": tuple, "dict": dict, "list": list, "str": str},
+        "__builtins__": {"type": type, "tuple": tuple, "dict": dict, "list": list, "str": str, "len": len},
         "Exception": Exception,
         "CLS": cls,
         "MISSING": _MISSING,
@@ -200,6 +200,20 @@ def generate(
                 f"    {if_missing}",
                 f"elif {v} is not None:",
                 f"    {v} = C{i}.decode({v})",
+            ]
+        elif item is not None and item in (str, int, bytes, bool):
+            # Short sequences of a scalar (an endpoint's addresses, empty hints) are the common case.
+            env[f"T{i}"] = item
+            enc_items.append(f"{key}: {value}" if f.encode is None else f"{key}: ENC{i}({value})")
+            dec_lines += [
+                f"if (type({v}) is tuple or type({v}) is list) and (",
+                f"    not {v} or (len({v}) == 1 and type({v}[0]) is T{i})",
+                "):",
+                f"    {v} = tuple({v})",
+                f"elif {v} is MISSING:",
+                f"    {if_missing}",
+                "else:",
+                f"    {v} = DEC{i}({v})",
             ]
         elif item is not None and _is_dataclass_type(item):
             env[f"C{i}"] = codec_of(item)
