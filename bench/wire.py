@@ -102,14 +102,20 @@ def make_policies(n: int) -> list[NetworkPolicy]:
     return out
 
 
-def rate(fn: Callable[[Any], Any], items: Sequence[Any]) -> float:
-    """Objects per second of ``fn`` over ``items`` (one pass, after a short warm-up)."""
+def rate(fn: Callable[[Any], Any], items: Sequence[Any], passes: int = 3) -> float:
+    """Objects per second of ``fn`` over ``items``: the best of ``passes`` passes after a short warm-up.
+
+    The best pass, because on a shared VM the other passes measure the neighbours.
+    """
     for item in items[:100]:
         fn(item)
-    start = time.perf_counter()
-    for item in items:
-        fn(item)
-    return round(len(items) / (time.perf_counter() - start))
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        best = min(best, time.perf_counter() - start)
+    return round(len(items) / best)
 
 
 def measure(objs: Sequence[Any]) -> dict[str, Any]:
