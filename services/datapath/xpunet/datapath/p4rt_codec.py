@@ -1,8 +1,15 @@
 """Pipeline table entries ↔ P4Runtime ``TableEntry`` messages (the xpunet P4Info's ids).
 
 Encoding is the Write hot path (a node from empty is hundreds of thousands of
-entries), so each table's and action's ids are looked up once into small plans
-and values are encoded directly into the message fields.
+entries, a replaced backend set a thousand), so :meth:`EntryCodec.encode_update`
+writes the serialised ``p4.v1.Update`` itself, protobuf wire format by hand
+(:mod:`xpunet.p4rt.wire`): per table and per action the constant bytes (field
+keys, ids) are built once, exact-match values and whole action parts are cached
+by value (bucket numbers, group ids, ports and backends repeat across hundreds
+of entries), and an update costs a few dict lookups and one join, ~1 µs, where
+filling protobuf messages from Python and serialising them cost ~6-16 µs.  The
+bytes equal the protobuf library's own encoding (tests/unit/p4rt/test_p4rt_codec.py).
+Decoding (read-back, rarer) still goes through the generated messages.
 
 **Ownership.**  Every entry xpunet writes carries ``controller_metadata =
 XPUNET_COOKIE`` (P4Runtime: an opaque 64-bit value the server stores and
