@@ -138,3 +138,18 @@ def test_other_services_ignore_the_attach_section_of_a_shared_config() -> None:
     from xpunet.runtime.settings import Settings as BaseSettings
 
     build_settings(BaseSettings, [cli_layer(["attach.socket_path=/run/n1/infra.sock"])])
+
+
+class Refusing(Recorder):
+    async def endpoint_attached(self, ep: PodEndpoint) -> None:
+        raise TimeoutError("no pass applied it")
+
+
+async def test_a_failed_attach_forgets_the_port_again() -> None:
+    sink = DatapathSink(PortNumbering(), uplinks={2: "uplink0"})
+    rec = Refusing()
+    await sink.bind(cast(DatapathService, rec), cast(Target, rec))
+    with pytest.raises(TimeoutError):
+        await sink.endpoint_attached(endpoint("a", "xpv0001"))
+    assert sink.port_names() == {2: "uplink0"}
+    assert rec.calls[-1] == ("names", {2: "uplink0"})

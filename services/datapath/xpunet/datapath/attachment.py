@@ -197,12 +197,20 @@ class DatapathSink:
             # The kernel target must know the interface before the entries naming the port arrive.
             self.interfaces[port] = endpoint.host_ifname
             await self._push_port_names()
-        await service.endpoint_attached(dataclasses.replace(endpoint, p4_port=port))
+        try:
+            await service.endpoint_attached(dataclasses.replace(endpoint, p4_port=port))
+        except BaseException:
+            # The Attach is rolled back (its vNIC retired): forget the port as a detach would.
+            await self._forget(endpoint, port)
+            raise
 
     async def endpoint_detached(self, endpoint: PodEndpoint) -> None:
         service = await self._bound_service()
         port = self.numbering.assign(endpoint)
         await service.endpoint_detached(dataclasses.replace(endpoint, p4_port=port))
+        await self._forget(endpoint, port)
+
+    async def _forget(self, endpoint: PodEndpoint, port: int) -> None:
         self.numbering.release(endpoint)
         if self.interfaces.pop(port, None) is not None:
             await self._push_port_names()
