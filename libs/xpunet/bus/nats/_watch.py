@@ -12,11 +12,12 @@ repeated.  Should that happen before the snapshot is complete, the snapshot is
 simply taken again and only revisions newer than the last one handed out are
 passed on (deletes of keys already handed out become removals).
 
-Messages are interpreted in the subscription callback and only the results
+Messages are interpreted as the connection reads them (a direct subscription of
+``_client.LeanClient``: raw bytes, no per-message queue or task) and only the results
 queued for the iterator: per-message cost is what limits throughput.  There is
 no JetStream flow control: it stalls delivery for a round trip every few
 hundred kilobytes and halved end-to-end throughput in bench/bus.py; a message
-the client library drops instead shows up as a gap and triggers a resume.
+lost on the way instead shows up as a gap and triggers a resume.
 
 A message that cannot be interpreted is logged and skipped; it never ends the watch.
 """
