@@ -24,7 +24,9 @@ async def test_run_mirrors_a_manifest_directory_reports_ready_and_stops(
         yaml.safe_dump_all([namespace_obj("ns1"), pod("ns1", "a", ip="10.0.0.1")])
     )
     settings = Settings(
-        watcher=WatcherOptions(source=f"dir:{tmp_path}", bucket=bucket_name, poll_interval=0.05)
+        watcher=WatcherOptions(
+            source=f"dir:{tmp_path}", bucket=bucket_name, poll_interval=0.05, freeze_gc_after_sync=False
+        )
     )
     ctx = ServiceContext(
         name="watcher",
@@ -58,6 +60,7 @@ async def test_run_against_the_api_leads_mirrors_and_releases_the_lease_on_stop(
         lease_duration=2,
         renew_deadline=1.0,
         retry_period=0.1,
+        freeze_gc_after_sync=False,  # process-wide; not in the test session
     )
     ctx = ServiceContext(
         name="watcher",

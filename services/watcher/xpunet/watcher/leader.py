@@ -93,9 +93,11 @@ class LeaderElector:
                 raise LeadershipLostError(f"lease {o.namespace}/{o.name} lost to {self.holder or 'nobody'}")
 
     async def release(self) -> None:
-        """Give the lease up (a clean stop), so a standby need not wait for it to expire."""
-        if not self.is_leader():
-            return
+        """Give the lease up (a clean stop), so a standby need not wait for it to expire.
+
+        Done only if the Lease still names us; the replace carries the resourceVersion
+        we read, so a candidate that took it meanwhile is never overwritten.
+        """
         self._valid_until = float("-inf")
         o = self.options
         try:

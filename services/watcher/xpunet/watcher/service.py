@@ -11,6 +11,7 @@ Settings (section ``watcher``; ``--set watcher.<key>=``, ``XPUNET_WATCHER_<KEY>`
 * ``parse_workers`` — worker processes that decode list pages (initial list, relists).
 * ``poll_interval`` — how often the manifest directory is rescanned.
 * ``write_batch`` — the most changes per KV ``put_many``.
+* ``freeze_gc_after_sync`` — move the in-sync mirror out of the cyclic GC's scans.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class WatcherOptions:
     watch_timeout: float = 300.0
     poll_interval: float = 1.0
     write_batch: int = 5000
+    freeze_gc_after_sync: bool = True  # gc.freeze() once in sync: no full-GC stalls over the mirror
 
     def __post_init__(self) -> None:
         kind, _, arg = self.source.partition(":")
@@ -122,6 +124,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         write_batch=opts.write_batch,
         on_synced=ctx.mark_ready,
         on_standby=on_standby,
+        freeze_gc_after_sync=opts.freeze_gc_after_sync,
     )
     task = asyncio.create_task(watcher.run(), name="watcher")
     stop = asyncio.create_task(ctx.stopping.wait(), name="stopping")
