@@ -10,6 +10,7 @@ with the reason ``xpunet.cluster.wiring`` gives.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from xpunet.cluster import probe
 from xpunet.cluster.cluster import LocalCluster
+from xpunet.cluster.netns import run
 from xpunet.cluster.pods import sctp_supported
 from xpunet.cluster.reach import measure
 from xpunet.cluster.testing import dataplane_missing, dump, pod, running_cluster
@@ -240,6 +242,16 @@ async def test_changes_apply_to_new_connections_and_spare_established_ones(tmp_p
             await via_service.close()
 
 
+async def _kernel_state(cluster: LocalCluster) -> dict[str, str]:
+    """Each node's xpunet routes and nftables table, counter values masked."""
+    out: dict[str, str] = {}
+    for node in cluster.plan.nodes:
+        routes = [await run("ip", f"-{v}", "-n", node.netns, "route", "show", "proto", "93") for v in (4, 6)]
+        table = await run("ip", "netns", "exec", node.netns, "nft", "list", "table", "inet", "xpunet")
+        out[node.name] = "".join(routes) + re.sub(r"packets \d+ bytes \d+", "", table)
+    return out
+
+
 async def test_stack_restart_under_traffic_keeps_established_connections(tmp_path: Path) -> None:
     nats = NatsServer(name="e2e-restart")
     await nats.astart()
@@ -249,6 +261,7 @@ async def test_stack_restart_under_traffic_keeps_established_connections(tmp_pat
             result, held = await probe.connect(cli.netns, cluster.service_ip("a/srv"), 80)
             assert held is not None, result
             try:
+                before = await _kernel_state(cluster)
                 await stack.stop()  # every service, the datapaths included; the kernel keeps its state
                 assert await held.echo("while the datapaths are down")
                 again = Stack(stack.options)
@@ -256,6 +269,8 @@ async def test_stack_restart_under_traffic_keeps_established_connections(tmp_pat
                 try:
                     assert await again.wait_ready()
                     await cluster.wait_converged(again)
+                    # Same pods, same ports (numbered from their veths' names): nothing rewritten.
+                    assert await _kernel_state(cluster) == before
                     assert await held.echo("after the restart")
                     assert (await probe.tcp(cli.netns, cluster.service_ip("a/srv"), 80)).ok
                 finally:
