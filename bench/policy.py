@@ -13,11 +13,22 @@ CPU figure does not.  The load average is printed with the figures.
     .venv/bin/python bench/policy.py                # 50,000 then 5,000 pods, prints JSON
     .venv/bin/python bench/policy.py --only 5000    # one size, in a fresh process
     .venv/bin/python bench/policy.py --quick        # small, a few seconds
+    .venv/bin/python bench/policy.py --only 5000 --nats   # also through the service and NATS
+
+``--nats`` adds, per size, the service end to end against a real nats-server:
+the cluster written to ``xpunet-k8s``, the policy service started (cold: KV
+snapshot, compile, every intent written), then lone label changes, one at a
+time with a quiet gap longer than ``flush_interval`` between them (the default
+0.02 s), each timed from its ``xpunet-k8s`` write to the intent key it causes
+arriving on a watch of ``xpunet-intent``.  The change moves a pod into a
+namespace-selector set (``app=app0`` in a ``prod`` namespace), so it always
+writes one set key.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import os
@@ -27,7 +38,12 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from typing import Any
 
+from xpunet.bus.api import InSync, KVEntry
+from xpunet.bus.nats import NatsBus, connect
+from xpunet.bus.tracing import WRITTEN_AT_HEADER as WRITTEN_AT
+from xpunet.embedded.nats import NatsServer
 from xpunet.model.objects import (
     NAMESPACE_NAME_LABEL,
     ContainerPort,
@@ -43,6 +59,7 @@ from xpunet.model.objects import (
     Pod,
 )
 from xpunet.policy.compiler import DEFAULT_GLOBAL_SET_NODES, PolicyCompiler
+from xpunet.policy.service import PolicyOptions, PolicyService, load_existing
 from xpunet.wire import encode_object
 
 APPS = 20
@@ -252,6 +269,135 @@ def _p99(ordered: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+async def through_nats(
+    bus: NatsBus, size: tuple[int, int, int, int], global_set_nodes: int, changes: int, gap: float
+) -> dict[str, Any]:
+    """Cold start and lone label changes through the policy service and a real nats-server."""
+    pods, namespaces, nodes, policies = size
+    tag = f"bench-policy-{pods}"
+    k8s, intents, status = [await bus.kv(f"{tag}-{b}") for b in ("k8s", "intent", "status")]
+    try:
+        nss, pod_objs, pols = build_cluster(pods, namespaces, nodes, policies)
+        batch: dict[str, bytes] = {f"namespace.{n.name}": encode_object(n) for n in nss}
+        batch.update({f"networkpolicy.{p.namespace}.{p.name}": encode_object(p) for p in pols})
+        batch.update({f"pod.{p.namespace}.{p.name}": encode_object(p) for p in pod_objs})
+        keys = list(batch)
+        for i in range(0, len(keys), 5000):
+            await k8s.put_many({k: batch[k] for k in keys[i : i + 5000]})
+        for kind in ("pod", "namespace", "networkpolicy"):
+            await k8s.put(f"sync.{kind}", b"\x80")
+        del batch
+
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        existing, reports = await load_existing(intents, status)
+        service = PolicyService(
+            PolicyCompiler(global_set_nodes=global_set_nodes),
+            k8s=k8s,
+            intents=intents,
+            status=status,
+            flush_interval=PolicyOptions().flush_interval,
+            existing=existing,
+            existing_reports=reports,
+        )
+        stopping = asyncio.Event()
+        task = asyncio.create_task(service.run(stopping))
+        await service.synced.wait()
+        cold_s = time.perf_counter() - started
+        cold_cpu = time.process_time() - cpu_started
+        written = len(service.compiler.intents)
+
+        # Pods not yet app0 in namespaces some monitoring policy's set covers (its team, env=prod):
+        # moving one to app0 joins that set, whose key is then rewritten.
+        teams = {
+            peer.namespace_selector.match_labels["team"]
+            for p in pols
+            if p.name.startswith("monitoring")
+            for rule in p.ingress
+            for peer in rule.peers
+            if peer.namespace_selector is not None
+        }
+        covered = {n.name for n in nss if n.labels.get("env") == "prod" and n.labels.get("team") in teams}
+        movers = [p for p in pod_objs if p.namespace in covered and p.labels["app"] != "app0"]
+        random.Random(3).shuffle(movers)
+        watch = intents.watch("")
+        async for item in watch:
+            if isinstance(item, InSync):
+                break
+        latencies: list[float] = []
+        cpu: list[float] = []  # this process: the service and the benchmark's own client
+        pauses: list[float] = []
+        gc.callbacks.append(_gc_timer(pauses))
+        try:
+            for pod in movers[:changes]:
+                await asyncio.sleep(gap)  # quiet: the previous flush is more than flush_interval old
+                moved = replace(pod, labels=Labels({**pod.labels, "app": "app0"}))
+                # The service stamps its writes with the earliest change's written-at: this one's.
+                stamp = f"{time.time():.6f}"
+                t = time.perf_counter()
+                tc = time.process_time()
+                await k8s.put(
+                    f"pod.{pod.namespace}.{pod.name}", encode_object(moved), headers={WRITTEN_AT: stamp}
+                )
+                async with asyncio.timeout(10):
+                    async for item in watch:
+                        if isinstance(item, KVEntry) and item.headers.get(WRITTEN_AT) == stamp:
+                            break
+                latencies.append((time.perf_counter() - t) * 1000)
+                cpu.append((time.process_time() - tc) * 1000)
+        finally:
+            gc.callbacks.pop()
+        await watch.aclose()
+        stopping.set()
+        await task
+        latencies.sort()
+        cpu.sort()
+        return {
+            "cold_to_in_sync_s": round(cold_s, 3),
+            "cold_cpu_s": round(cold_cpu, 3),
+            "intent_keys": written,
+            "flush_interval_s": PolicyOptions().flush_interval,
+            "gap_s": gap,
+            "change_to_intent_ms_p50": round(statistics.median(latencies), 3),
+            "change_to_intent_ms_p99": round(_p99(latencies), 3),
+            "change_to_intent_ms_max": round(latencies[-1], 3),
+            "change_cpu_ms_p50": round(statistics.median(cpu), 3),
+            "change_cpu_ms_p99": round(_p99(cpu), 3),
+            # Cyclic GC runs in this process (service and client) during the changes, and the longest.
+            "gc_collections": len(pauses),
+            "gc_longest_ms": round(max(pauses, default=0.0), 3),
+        }
+    finally:
+        for b in ("k8s", "intent", "status"):
+            await bus.delete_kv(f"{tag}-{b}")
+
+
+async def with_nats(
+    sizes: list[tuple[int, int, int, int]], global_set_nodes: int, changes: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with NatsServer(name="xpunet-bench-policy") as server:
+        bus = await connect(server.url, name="bench-policy", initial_timeout=10, request_timeout=30)
+        try:
+            for size in sizes:
+                out[f"pods_{size[0]}"] = await through_nats(bus, size, global_set_nodes, changes, gap=0.05)
+        finally:
+            await bus.drain()
+    return out
+
+
+def _gc_timer(pauses: list[float]) -> Any:
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            pauses.append((time.perf_counter() - started[0]) * 1000)
+
+    return callback
+
+
 def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -267,6 +413,8 @@ def main(argv: list[str]) -> None:
         default=DEFAULT_GLOBAL_SET_NODES,
         help="nodes from which a set is published once under global. (a large value: always per node)",
     )
+    parser.add_argument("--nats", action="store_true", help="also through the service and a nats-server")
+    parser.add_argument("--nats-changes", type=int, default=200, help="lone label changes through NATS")
     args = parser.parse_args(argv)
     if args.only is not None:
         sizes = [SIZES[args.only]]
@@ -291,6 +439,8 @@ def main(argv: list[str]) -> None:
         }
         del compiler, pod_objs
         gc.collect()
+    if args.nats:
+        result["nats"] = asyncio.run(with_nats(sizes, args.global_set_nodes, args.nats_changes))
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 
