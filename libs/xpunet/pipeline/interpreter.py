@@ -7,13 +7,24 @@ first packets learn connection-tracking entries for both directions, service
 flows remember their backend and reverse NAT, ClientIP affinity is learned
 per client; every learned entry expires after its idle timeout.  The clock is
 passed in (``now``, seconds), never read.
+
+Source NAT is modelled as the kernel target does it (docs/kernel-target.md):
+a new flow to a frontend flagged ``FLAG_SNAT_TO_NODE`` (externalTrafficPolicy
+Cluster on NodePort, externalIP and LoadBalancer addresses), and a hairpin
+flow (a pod reaching itself through a service), leaves with the node's
+address on its egress port as the source ("masquerade"), after the policy
+checks; the source port is kept unless that would make the reply tuple of a
+live connection ambiguous, then the next free one in the kernel's port class
+is taken.  Replies are un-SNATed and reverse-NATed by the learned entry.
+Host-originated flows and flows delivered to the host stack are not SNATed
+(the kernel marks flows in prerouting and masquerades in postrouting only).
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -25,6 +36,7 @@ from xpunet.pipeline.schema import (
     DROP_REASONS,
     FLAG_AFFINITY,
     FLAG_LOCAL_PODS_USE_INTERNAL,
+    FLAG_SNAT_TO_NODE,
     SCHEMA,
     Schema,
 )
@@ -104,6 +116,7 @@ class Drop:
 
 Verdict = Forward | ToNode | Reject | Drop
 CtStatus = Literal["new", "established", "reply", "none"]
+SnatKind = Literal["to-node", "hairpin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +127,7 @@ class Result:
     packet_out: Packet  # headers after NAT (equal to packet_in when nothing was rewritten)
     ct: CtStatus = "none"
     service_port_id: int | None = None
+    snat: SnatKind | None = None  # the connection's source NAT (both directions), if any
 
 
 @dataclass(slots=True)
@@ -122,14 +136,36 @@ class _Conn:
     state: int
     expires: float
     affinity_key: tuple[str, tuple[int, int]] | None = None  # (table, (group, client)) refreshed per packet
+    snat: SnatKind | None = None
 
 
 @dataclass(slots=True)
 class _CtDir:
-    action: str  # alias: ct_established / ct_dnat_vN / ct_reverse_nat_vN
-    params: tuple[tuple[str, int], ...]
+    """One direction of a connection: what its packets' source and destination become."""
+
     conn: _Conn
     original: bool
+    new_src: tuple[int, int] | None = None  # (addr, port): SNAT (original) or reverse NAT (reply)
+    new_dst: tuple[int, int] | None = None  # (addr, port): DNAT (original) or un-SNAT (reply)
+
+    def contract_action(self, fam: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+        """The P4Info action of this direction: one rewrite at most (the SNAT half is not in v1.0.0)."""
+        if self.original and self.new_dst is not None:
+            return f"ct_dnat_{fam}", (("addr", self.new_dst[0]), ("port", self.new_dst[1]))
+        if not self.original and self.new_src is not None:
+            return f"ct_reverse_nat_{fam}", (("addr", self.new_src[0]), ("port", self.new_src[1]))
+        return "ct_established", ()
+
+    def trace_action(self, fam: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+        """The action as the trace shows it: the contract's, or the DNAT+SNAT pair the contract lacks."""
+        action, params = self.contract_action(fam)
+        if self.original and self.new_src is not None:
+            snat = (("snat_addr", self.new_src[0]), ("snat_port", self.new_src[1]))
+            return f"ct_dnat_snat_{fam}", params + snat
+        if not self.original and self.new_dst is not None:
+            client = (("client_addr", self.new_dst[0]), ("client_port", self.new_dst[1]))
+            return f"ct_reverse_nat_unsnat_{fam}", params + client
+        return action, params
 
 
 @dataclass(slots=True)
@@ -161,12 +197,36 @@ def client_hash(version: int, src: int) -> int:
     return zlib.crc32(src.to_bytes(4 if version == 4 else 16, "big"))
 
 
+def snat_port_range(port: int) -> tuple[int, int]:
+    """The ports a masqueraded source port may move to: Linux NAT keeps its class (<512, <1024, other)."""
+    if port < 512:
+        return 1, 511
+    if port < 1024:
+        return 600, 1023
+    return 1024, 65535
+
+
 class Pipeline:
     """Tables with entries, learned state and counters; :meth:`process` walks one packet."""
 
-    def __init__(self, entries: Iterable[TableEntry] = (), *, schema: Schema = SCHEMA) -> None:
+    def __init__(
+        self,
+        entries: Iterable[TableEntry] = (),
+        *,
+        schema: Schema = SCHEMA,
+        port_addresses: Mapping[int, Iterable[str]] | None = None,
+    ) -> None:
+        """``port_addresses``: the node's own addresses on an egress port, as the target's interface
+        carries them (on the kernel target every pod veth carries the pod gateway address); source
+        NAT out of that port uses the one of the packet's family.  Ports not given, or without an
+        address of the family, use the node's address (:meth:`node_address`)."""
         self.schema = schema
         self.tables = {t.name: MemTable(t) for t in schema.tables if not t.learned}
+        self.port_addresses: dict[int, dict[int, int]] = {}
+        for port, addrs in (port_addresses or {}).items():
+            for a in addrs:
+                version, value = ip_int(a)
+                self.port_addresses.setdefault(port, {}).setdefault(version, value)
         self._ct: dict[str, dict[tuple[int, ...], _CtDir]] = {"v4": {}, "v6": {}}
         self._affinity: dict[str, dict[tuple[int, int], _Affinity]] = {"v4": {}, "v6": {}}
         self.counters = Counters()
@@ -195,8 +255,9 @@ class Pipeline:
                 if d.conn.expires > now:
                     names = ("src_addr", "dst_addr", "protocol", "src_port", "dst_port")
                     match = {n: Exact(v) for n, v in zip(names, key, strict=True)}
+                    action, params = d.contract_action(fam)
                     out.append(
-                        make_entry(f"conntrack_{fam}", match, d.action, dict(d.params), schema=self.schema)
+                        make_entry(f"conntrack_{fam}", match, action, dict(params), schema=self.schema)
                     )
         for fam, affs in self._affinity.items():
             for (group, client), a in affs.items():
@@ -239,6 +300,23 @@ class Pipeline:
                 if (affs[k].addr, affs[k].port) not in live:
                     del affs[k]
 
+    def node_address(self, version: int) -> int | None:
+        """The node's address of a family for source NAT: the lowest ``node_address_vN`` entry the FIB
+        delivers to the host (the node's routed addresses), else the lowest entry; None without one."""
+        fam = family_suffix(version)
+        mine: list[int] = []
+        for e in self.tables[f"ingress.node_address_{fam}"]:
+            m = e.match_of("dst_addr")
+            if isinstance(m, Exact):
+                mine.append(m.value)
+        mine.sort()
+        fib = self.tables[f"ingress.fib_{fam}"]
+        for a in mine:
+            r = fib.lookup({"dst_addr": a})
+            if r is not None and r.action == "ingress.deliver_host":
+                return a
+        return mine[0] if mine else None
+
     def _group_backends(self, group: int, fam: str) -> set[tuple[int, int]]:
         g = self.tables["ingress.backend_group"].lookup({"backend_group": group})
         if g is None or g.action != "ingress.maglev_group":
@@ -272,6 +350,7 @@ class _Walk:
         self.sport, self.dport = pkt.sport, pkt.dport
         self.service_port_id: int | None = None
         self.ct: CtStatus = "none"
+        self.snat: SnatKind | None = None
 
     def apply(self, alias: str, values: dict[str, int]) -> tuple[str, TableEntry | None]:
         table = self.pipe.tables[f"ingress.{alias}"]
@@ -303,7 +382,7 @@ class _Walk:
             sport=self.sport,
             dport=self.dport,
         )
-        return Result(verdict, tuple(self.hits), self.pkt, out, self.ct, self.service_port_id)
+        return Result(verdict, tuple(self.hits), self.pkt, out, self.ct, self.service_port_id, self.snat)
 
     def tuple5(self) -> tuple[int, int, int, int, int]:
         return (self.src, self.dst, self.pkt.protocol, self.sport, self.dport)
@@ -323,7 +402,7 @@ class _Walk:
         if flow is not None:
             return self.forward(from_host=from_host, learn=None, egress_endpoint=None)
         learn = self.tuple5()
-        svc = self.service(src_endpoint)
+        svc = self.service(src_endpoint, from_host=from_host)
         if svc is not None:
             return svc
         return self.forward(from_host=from_host, learn=learn, egress_endpoint=src_endpoint)
@@ -340,7 +419,8 @@ class _Walk:
         if d is None:
             self.hits.append(Hit(f"conntrack_{self.fam}", lookup, "ct_new_flow"))
             return None
-        self.hits.append(Hit(f"conntrack_{self.fam}", lookup, d.action, d.params, learned=True))
+        action, params = d.trace_action(self.fam)
+        self.hits.append(Hit(f"conntrack_{self.fam}", lookup, action, params, learned=True))
         conn = d.conn
         flags = self.pkt.tcp_flags
         if conn.protocol == TCP and flags & (TCP_FIN | TCP_RST):
@@ -353,19 +433,19 @@ class _Walk:
             a = self.pipe._affinity[fam].get(akey)
             if a is not None:
                 a.expires = self.now + a.timeout
-        params = dict(d.params)
-        if d.action.startswith("ct_dnat"):
-            self.dst, self.dport = params["addr"], params["port"]
-        elif d.action.startswith("ct_reverse_nat"):
-            self.src, self.sport = params["addr"], params["port"]
+        if d.new_src is not None:
+            self.src, self.sport = d.new_src
+        if d.new_dst is not None:
+            self.dst, self.dport = d.new_dst
         self.ct = "established" if d.original else "reply"
+        self.snat = conn.snat
         return d
 
     def timeout(self, protocol: int, state: int) -> float:
         _, e = self.apply("ct_timeout", {"protocol": protocol, "ct_state": state})
         return float(e.param("seconds")) if e is not None else BUILTIN_CT_TIMEOUT
 
-    def service(self, src_endpoint: int | None) -> Result | None:
+    def service(self, src_endpoint: int | None, *, from_host: bool) -> Result | None:
         """Service frontend → backend group → affinity or Maglev → DNAT.  A Result ends the walk."""
         fam, proto = self.fam, self.pkt.protocol
         _, fe = self.apply(
@@ -422,7 +502,11 @@ class _Walk:
                 return self.drop("no_backend")
             backend = (be.param("addr"), be.param("port"))
         self.dst, self.dport = backend
-        res = self.forward(from_host=False, learn=original, egress_endpoint=src_endpoint, nat=True)
+        # The kernel marks SNAT flows in prerouting: host-originated flows (output hook) are not marked.
+        snat = bool(flags & FLAG_SNAT_TO_NODE) and not from_host
+        res = self.forward(
+            from_host=False, learn=original, egress_endpoint=src_endpoint, nat=True, snat_to_node=snat
+        )
         if affinity_key is not None and isinstance(res.verdict, Forward | ToNode):
             timeout = float(fe.param("affinity_timeout"))
             fam_, akey = affinity_key
@@ -439,6 +523,7 @@ class _Walk:
         learn: tuple[int, int, int, int, int] | None,
         egress_endpoint: int | None,
         nat: bool = False,
+        snat_to_node: bool = False,
     ) -> Result:
         """Egress policy, FIB (and next hop), ingress policy; learn the flow if it leaves."""
         fam = self.fam
@@ -492,22 +577,75 @@ class _Walk:
             else:
                 vv = 4 if action.endswith("v4") else 6
                 verdict = ToNode(nh_id, "direct", ip_str(nh.param("node_addr"), vv), nh.param("port"))
+        if learn is not None and nat:
+            kind = self.snat_kind(verdict, snat_to_node=snat_to_node, from_pod=egress_endpoint is not None)
+            if kind is not None and not self.masquerade(verdict, kind):
+                return self.drop("no_route")
         if learn is not None and not (self.pkt.protocol == TCP and self.pkt.tcp_flags & TCP_RST):
             self.learn(learn, nat)
         return self.result(verdict)
 
+    def snat_kind(self, verdict: Verdict, *, snat_to_node: bool, from_pod: bool) -> SnatKind | None:
+        """Which source NAT a new service flow gets on its way out (after the policy checks)."""
+        if isinstance(verdict, Forward) and verdict.endpoint_id is None:
+            return None  # delivered to the host stack: the kernel's input path has no masquerade
+        if snat_to_node:
+            return "to-node"
+        if from_pod and isinstance(verdict, Forward) and verdict.port == self.pkt.in_port:
+            # A pod reaching itself through a service: without SNAT its reply would stay inside the
+            # pod and never be reverse-NATed (the kernel's `hairpin` masquerade).
+            return "hairpin"
+        return None
+
+    def masquerade(self, verdict: Verdict, kind: SnatKind) -> bool:
+        """Rewrite the source to the node's address on the egress port; False: no address to use."""
+        assert isinstance(verdict, Forward | ToNode)
+        addr = self.pipe.port_addresses.get(verdict.port, {}).get(self.version)
+        if addr is None:
+            addr = self.pipe.node_address(self.version)
+        if addr is None:
+            return False  # the kernel's masquerade drops a packet it has no source address for
+        self.src, self.sport = addr, self.free_port(addr)
+        self.snat = kind
+        return True
+
+    def free_port(self, addr: int) -> int:
+        """The client's port if the reply tuple it gives is unused, else the next free one of its class.
+
+        Two clients with the same source port masqueraded to one node address would otherwise give
+        one reply tuple, and the second connection would steal the first one's replies.
+        """
+        flows = self.pipe._ct[self.fam]
+        proto, want = self.pkt.protocol, self.sport
+
+        def taken(port: int) -> bool:
+            d = flows.get((self.dst, addr, proto, self.dport, port))
+            return d is not None and d.conn.expires > self.now
+
+        if not taken(want) or proto not in (TCP, UDP, SCTP):
+            return want
+        lo, hi = snat_port_range(want)
+        span = hi - lo + 1
+        for i in range(1, span):
+            port = lo + (want - lo + i) % span
+            if not taken(port):
+                return port
+        log.warning("snat: no free source port towards %s; the reply tuple is reused", self.dst)
+        return want
+
     def learn(self, original: tuple[int, int, int, int, int], nat: bool) -> None:
-        _, dst, proto, _, dport = original
-        conn = _Conn(proto, CT_NEW, 0.0)
+        src, dst, proto, sport, dport = original
+        conn = _Conn(proto, CT_NEW, 0.0, snat=self.snat)
         conn.expires = self.now + self.timeout(proto, CT_NEW)
         reply = (self.dst, self.src, proto, self.dport, self.sport)
         flows = self.pipe._ct[self.fam]
         if nat:
-            fwd = _CtDir(f"ct_dnat_{self.fam}", (("addr", self.dst), ("port", self.dport)), conn, True)
-            rev = _CtDir(f"ct_reverse_nat_{self.fam}", (("addr", dst), ("port", dport)), conn, False)
+            snat = self.snat is not None
+            fwd = _CtDir(conn, True, (self.src, self.sport) if snat else None, (self.dst, self.dport))
+            rev = _CtDir(conn, False, (dst, dport), (src, sport) if snat else None)
         else:
-            fwd = _CtDir("ct_established", (), conn, True)
-            rev = _CtDir("ct_established", (), conn, False)
+            fwd = _CtDir(conn, True)
+            rev = _CtDir(conn, False)
         flows[original] = fwd
         flows[reply] = rev
         self.ct = "new"

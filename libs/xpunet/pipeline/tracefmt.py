@@ -4,7 +4,8 @@ One line per table application: the table, what was looked up (addresses as
 addresses, protocols by name, set bits by set name, ports by pod), and what
 happened (the entry's action and parameters, ``miss →`` the default action,
 or ``learned`` for conntrack and affinity entries).  The verdict line says
-where the packet goes and what was rewritten on the way.
+where the packet goes and what was rewritten on the way (DNAT, SNAT to the
+node, hairpin masquerade; on replies reverse NAT and un-SNAT).
 """
 
 from __future__ import annotations
@@ -101,6 +102,13 @@ def format_packet(pkt: Packet) -> str:
     return f"{src}:{pkt.sport} → {dst}:{pkt.dport} {proto}" + (f" [{flags}]" if flags else "")
 
 
+_SNAT_LABELS: Mapping[str, str] = {"to-node": "SNAT to node", "hairpin": "masquerade (hairpin)"}
+
+
+def _ep(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 def format_verdict(result: Result, names: TraceNames) -> str:
     v = result.verdict
     if isinstance(v, Forward):
@@ -119,10 +127,13 @@ def format_verdict(result: Result, names: TraceNames) -> str:
     else:
         text = f"DROP ({v.reason.replace('_', ' ')})"
     a, b = result.packet_in, result.packet_out
+    reply = result.ct == "reply"
     if (a.dst, a.dport) != (b.dst, b.dport):
-        text += f"; DNAT {a.dst}:{a.dport} → {b.dst}:{b.dport}"
+        # On a reply the destination goes back from the node's address to the client (un-SNAT).
+        text += f"; {'un-SNAT' if reply else 'DNAT'} {_ep(a.dst, a.dport)} → {_ep(b.dst, b.dport)}"
     if (a.src, a.sport) != (b.src, b.sport):
-        text += f"; reverse NAT {a.src}:{a.sport} → {b.src}:{b.sport}"
+        label = "reverse NAT" if reply else _SNAT_LABELS.get(result.snat or "", "SNAT")
+        text += f"; {label} {_ep(a.src, a.sport)} → {_ep(b.src, b.sport)}"
     if result.ct != "none":
         text += f"; conntrack {result.ct}"
     return text
