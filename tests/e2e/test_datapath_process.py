@@ -87,7 +87,8 @@ async def test_console_script_serves_the_cni_and_programs_the_pod_route(tmp_path
             await k8s.put("node.n9", encode_object(Node("n9", pod_cidrs=CIDRS)))
         finally:
             await bus.drain()
-        await _until(sock.exists, proc, "infra socket")
+        agent = tmp_path / "cni-agent.sock"  # started right after the infra socket
+        await _until(lambda: sock.exists() and agent.exists(), proc, "infra and CNI agent sockets")
 
         spec = PodSpec("demo", "p", "n9", {}, (), {})  # type: ignore[arg-type]  # labels: a plain dict
         pod = RunningPod(spec, pod_ns, "ctr-" + run_id)
