@@ -157,14 +157,14 @@ class _CtDir:
         return "ct_established", ()
 
     def trace_action(self, fam: str) -> tuple[str, tuple[tuple[str, int], ...]]:
-        """The action as the trace shows it: the contract's, or the DNAT+SNAT pair the contract lacks."""
+        """The action as the trace shows it: the contract's, or the source-NAT ones the contract lacks."""
         action, params = self.contract_action(fam)
         if self.original and self.new_src is not None:
             snat = (("snat_addr", self.new_src[0]), ("snat_port", self.new_src[1]))
-            return f"ct_dnat_snat_{fam}", params + snat
+            return (f"ct_dnat_snat_{fam}" if self.new_dst else f"ct_snat_{fam}"), params + snat
         if not self.original and self.new_dst is not None:
             client = (("client_addr", self.new_dst[0]), ("client_port", self.new_dst[1]))
-            return f"ct_reverse_nat_unsnat_{fam}", params + client
+            return (f"ct_reverse_nat_unsnat_{fam}" if self.new_src else f"ct_unsnat_{fam}"), params + client
         return action, params
 
 
@@ -582,7 +582,12 @@ class _Walk:
             if kind is not None and not self.masquerade(verdict, kind):
                 return self.drop("no_route")
         if learn is not None and not (self.pkt.protocol == TCP and self.pkt.tcp_flags & TCP_RST):
-            self.learn(learn, nat)
+            if self.snat is None:
+                # Linux gives every connection a NAT binding, at least a null one, which moves the
+                # source port when the reply tuple is already a live connection's (a pod reaching a
+                # backend directly from the port it uses towards the backend's service, say).
+                self.sport = self.free_port(self.src)
+            self.learn(learn)
         return self.result(verdict)
 
     def snat_kind(self, verdict: Verdict, *, snat_to_node: bool, from_pod: bool) -> SnatKind | None:
@@ -633,19 +638,17 @@ class _Walk:
         log.warning("snat: no free source port towards %s; the reply tuple is reused", self.dst)
         return want
 
-    def learn(self, original: tuple[int, int, int, int, int], nat: bool) -> None:
+    def learn(self, original: tuple[int, int, int, int, int]) -> None:
+        """Both directions of the new connection, with the rewrites this packet got (NAT, SNAT)."""
         src, dst, proto, sport, dport = original
         conn = _Conn(proto, CT_NEW, 0.0, snat=self.snat)
         conn.expires = self.now + self.timeout(proto, CT_NEW)
         reply = (self.dst, self.src, proto, self.dport, self.sport)
+        snat = (self.src, self.sport) != (src, sport)
+        dnat = (self.dst, self.dport) != (dst, dport)
         flows = self.pipe._ct[self.fam]
-        if nat:
-            snat = self.snat is not None
-            fwd = _CtDir(conn, True, (self.src, self.sport) if snat else None, (self.dst, self.dport))
-            rev = _CtDir(conn, False, (dst, dport), (src, sport) if snat else None)
-        else:
-            fwd = _CtDir(conn, True)
-            rev = _CtDir(conn, False)
-        flows[original] = fwd
-        flows[reply] = rev
+        flows[original] = _CtDir(
+            conn, True, (self.src, self.sport) if snat else None, (self.dst, self.dport) if dnat else None
+        )
+        flows[reply] = _CtDir(conn, False, (dst, dport) if dnat else None, (src, sport) if snat else None)
         self.ct = "new"

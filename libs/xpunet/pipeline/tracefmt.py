@@ -5,7 +5,8 @@ addresses, protocols by name, set bits by set name, ports by pod), and what
 happened (the entry's action and parameters, ``miss →`` the default action,
 or ``learned`` for conntrack and affinity entries).  The verdict line says
 where the packet goes and what was rewritten on the way (DNAT, SNAT to the
-node, hairpin masquerade; on replies reverse NAT and un-SNAT).
+node, hairpin masquerade, a remapped source port; on replies reverse NAT and
+un-SNAT).
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def format_verdict(result: Result, names: TraceNames) -> str:
         # On a reply the destination goes back from the node's address to the client (un-SNAT).
         text += f"; {'un-SNAT' if reply else 'DNAT'} {_ep(a.dst, a.dport)} → {_ep(b.dst, b.dport)}"
     if (a.src, a.sport) != (b.src, b.sport):
-        label = "reverse NAT" if reply else _SNAT_LABELS.get(result.snat or "", "SNAT")
+        # No SNAT kind: the port moved so the reply tuple stays unique (Linux's null NAT binding).
+        label = "reverse NAT" if reply else _SNAT_LABELS.get(result.snat or "", "source port remapped")
         text += f"; {label} {_ep(a.src, a.sport)} → {_ep(b.src, b.sport)}"
     if result.ct != "none":
         text += f"; conntrack {result.ct}"

@@ -426,3 +426,22 @@ def test_learned_snat_entries_read_back_with_the_contract_actions() -> None:
     p.process(syn(UPLINK, OUTSIDE, NODE4, 30080), now=0)
     actions = sorted(e.action for e in p.learned_entries(now=1))
     assert actions == ["ingress.ct_dnat_v4", "ingress.ct_reverse_nat_v4"]
+
+
+def test_a_flow_whose_reply_tuple_is_taken_gets_another_source_port() -> None:
+    # The client reaches the backend through its ClusterIP and then directly from the same port:
+    # both have the reply tuple web:80 → client:40000.  Linux's null NAT binding moves the second
+    # connection's source port; each reply then reaches its own connection.
+    p = pipeline(service(LOCAL_BE))
+    via_service = p.process(syn(CLIENT_PORT, CLIENT[0], CLUSTER_IP), now=0)
+    direct = p.process(syn(CLIENT_PORT, CLIENT[0], WEB[0]), now=0)
+    assert via_service.packet_out.sport == 40000
+    assert direct.packet_out.sport == 40001
+    assert direct.snat is None
+    assert "source port remapped 10.0.1.2:40000 → 10.0.1.2:40001" in format_verdict(direct, TraceNames())
+    r1 = p.process(Packet(WEB_PORT, WEB[0], CLIENT[0], TCP, 80, 40000, TCP_ACK), now=1)
+    assert (r1.packet_out.src, r1.packet_out.dport) == (CLUSTER_IP, 40000)
+    r2 = p.process(Packet(WEB_PORT, WEB[0], CLIENT[0], TCP, 80, 40001, TCP_ACK), now=1)
+    assert (r2.packet_out.src, r2.packet_out.dst, r2.packet_out.dport) == (WEB[0], CLIENT[0], 40000)
+    assert next(h for h in r2.hits if h.table == "conntrack_v4").action == "ct_unsnat_v4"
+    assert len(p.learned_entries(now=2)) == 4
