@@ -8,7 +8,9 @@ a local pod), the same with Local (the client's address is kept), and a pod
 reaching itself through its service (hairpin, masqueraded).  Each flow is a
 real TCP connection whose server answers with the peer address it saw; the
 interpreter, given the veth gateway addresses as its pod ports' addresses,
-must name the same backend and the same source.
+must name the same backend and the same source.  A flow whose reply tuple
+is a live connection's must get another source port from both (the port
+itself differs: Linux picks a random one of the class).
 """
 
 from __future__ import annotations
@@ -127,3 +129,33 @@ async def test_kernel_and_interpreter_agree_on_the_source_the_backend_sees(topo:
     assert want[3] == f"OK web {PODS['client'][1]}"
     assert want[4] == f"OK web {GATEWAY4}"
     assert want[9] == f"OK web {GATEWAY6}"
+
+
+async def test_both_move_the_source_port_of_a_flow_whose_reply_tuple_is_taken(topo: Topology) -> None:
+    # client:40000 reaches web through the ClusterIP, then web directly from the same port: the
+    # second connection's reply tuple is the first one's (in TIME_WAIT in the kernel).  Linux moves
+    # its source port (a random one of the class); the interpreter takes the next free one.
+    ports = NodePorts({f"d/{n}": p for n, (p, _, _) in PODS.items()}, host=1)
+    low = lower(intents(), ports)
+    kt = KernelTarget(netns=topo.node, port_names={p: f"xv{p}" for p, _, _ in PODS.values()})
+    try:
+        assert (await kt.apply(diff((), low.entries))).problems == ()
+    finally:
+        await kt.close()
+    client, web = PODS["client"][1], PODS["web"][1]
+    flows = [("10.96.3.1", 80), (web, 8080)]
+    got = [topo.connect("client", [flow], sport=40000)[0] for flow in flows]
+    assert got == [f"OK web {client}"] * 2
+    table = in_ns(topo.node, "conntrack", "-L", "-p", "tcp", "--orig-src", client).stdout
+    direct = next(line for line in table.splitlines() if f"dst={web} sport=40000 dport=8080" in line)
+    kernel_port = int(direct.rsplit("dport=", 1)[1].split()[0])  # the reply tuple's destination port
+    pipe = Pipeline(low.entries)
+    results = [
+        pipe.process(Packet(11, client, dst, TCP, 40000, dport, TCP_SYN), now=0) for dst, dport in flows
+    ]
+    assert [isinstance(r.verdict, Forward) for r in results] == [True, True]
+    assert results[0].packet_out.sport == 40000
+    assert kernel_port != 40000
+    assert results[1].packet_out.sport != 40000
+    assert 1024 <= kernel_port <= 65535
+    assert 1024 <= results[1].packet_out.sport <= 65535
