@@ -19,7 +19,7 @@ import pytest
 
 from xpunet.datapath.kernel import libnft
 from xpunet.datapath.kernel.nft import BackendName, LibBackend, Nft, ProcessBackend, choose_backend
-from xpunet.datapath.kernel.render import CHAIN, COUNTER, ROUTE
+from xpunet.datapath.kernel.render import AFFINITY_LIVE, CHAIN, COUNTER, CT_TIMEOUT, ROUTE
 from xpunet.datapath.kernel.ruleset import MARKER_COUNTER, STATIC_COUNTERS
 from xpunet.datapath.kernel.target import KernelTarget
 from xpunet.datapath.kernel.testbed import in_ns, sh
@@ -202,12 +202,18 @@ async def test_script_round_trips_through_the_kernel_listing(netns: str, backend
     try:
         result = await kt.apply(diff((), _entries()))
         assert result.problems == ()
-        want = {k: v for k, v in kt.state.items().items() if k[0] != ROUTE}
+        # Timeout policies are named by their content and listed back by name only.
+        want = {
+            k: None if k[0] == CT_TIMEOUT else v
+            for k, v in kt.state.items().items()
+            if k[0] not in (ROUTE, AFFINITY_LIVE)
+        }
         have = await kt.actual_items()
         static = {(COUNTER, (n,)) for n in (*STATIC_COUNTERS, MARKER_COUNTER)}
         assert {k: v for k, v in have.items() if k[0] != ROUTE and k not in static} == want
         kinds = {k[0].rstrip("0123456789") for k in want}
         assert kinds >= {"acl_in_b", "src6_b", "src4_b", "fe_be6_udp", "np_be4_tcp", "ep_src", CHAIN}
+        assert kinds >= {"fe_aff", "aff_rec", "ct_to", CT_TIMEOUT}
         # Everything deleted again in one transaction (chains after the elements that jump to them).
         await kt.apply(diff(_entries(), ()))
         have = await kt.actual_items()

@@ -10,9 +10,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpunet.datapath.kernel.codec import CodecError, script
-from xpunet.datapath.kernel.render import CHAIN, COUNTER, ROUTE, Delta, KernelState, lpm_segments
-from xpunet.datapath.kernel.ruleset import CONTAINERS, MARKER_COUNTER, bootstrap_script
-from xpunet.ir.lb import Affinity, Backend, BackendSet, Frontend, LbServicePort
+from xpunet.datapath.kernel.render import (
+    AFFINITY_LIVE,
+    CHAIN,
+    COUNTER,
+    CT_TIMEOUT,
+    ROUTE,
+    Delta,
+    KernelState,
+    lpm_segments,
+)
+from xpunet.datapath.kernel.ruleset import (
+    AFFINITY_CT_MARK,
+    CONTAINERS,
+    MARKER_COUNTER,
+    affinity_chain_rules,
+    bootstrap_script,
+    pick_chain_rules,
+)
+from xpunet.ir.lb import Affinity, Backend, BackendSet, ConntrackTimeouts, Frontend, LbServicePort
 from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRule, PortRange, RuleOrigin
 from xpunet.ir.routes import NodeRoute
 from xpunet.lb.maglev import build_table
@@ -115,9 +131,60 @@ def test_render_from_lowered_intents() -> None:
     assert len([k for k in items if k[0] == COUNTER]) == 5  # b: 2 ingress rules + open egress; a: open both
 
 
-def test_affinity_uses_the_client_hash_map() -> None:
+def test_affinity_frontends_mark_their_group_and_learn_with_the_intent_timeout() -> None:
     items = fresh(entries(affinity=True)).items()
     assert items[("fe_pick4", (0x0A600007, 6, 80))] == "goto:fe4_a3"
+    group = 7 * 2  # service port 7, internal set
+    # ClusterIP and NodePort of the service port share the group, so a client's entry.
+    assert items[("fe_aff4", (0x0A600007, 6, 80))] == AFFINITY_CT_MARK | group
+    assert items[("np_aff4", (6, 30007))] == AFFINITY_CT_MARK | group
+    assert items[("aff_rec", (group,))] == "goto:aff_t60"
+    assert (CHAIN, ("aff_t60",)) in items
+    live = cast(tuple[tuple[int, int], ...], items[(AFFINITY_LIVE, (4, group))])
+    assert [a for a, _ in live] == [0x0A00010A, 0x0A00010B, 0x0A00010C]
+    assert not any(k[0] in ("fe_aff4", "aff_rec") for k in fresh(entries()).items())
+
+
+def test_affinity_rules_remember_then_hash_then_learn() -> None:
+    pick = pick_chain_rules("fe6_a2")
+    assert pick[0].startswith("meta l4proto tcp dnat ip6 to ct mark . jhash ip6 saddr")
+    assert pick[0].endswith("map @aff6 : ct mark . jhash ip6 saddr mod 0xffffffff seed 0x78707531 map @aff6p")
+    assert "mod 2 seed" in pick[-1]
+    learn = affinity_chain_rules("aff_t10800")
+    assert "update @aff4 { ct mark . ip saddr timeout 10800s : ip daddr }" in learn[0]
+    assert "update @aff4p { ct mark . ip saddr timeout 10800s : tcp dport }" in learn[0]
+    assert script(Delta(add={(AFFINITY_LIVE, (4, 14)): ()})) == ""  # not a kernel object
+
+
+def test_conntrack_timeouts_become_policies_per_protocol_and_family() -> None:
+    items = fresh(entries()).items()
+    policies = {cast(str, k[1][0]): v for k, v in items.items() if k[0] == CT_TIMEOUT}
+    assert sorted(n[:10] for n in policies) == ["ctto_tcp4_", "ctto_tcp6_", "ctto_udp4_", "ctto_udp6_"]
+    tcp = dict(cast(tuple[tuple[str, int], ...], next(v for n, v in policies.items() if "tcp4" in n)))
+    ct = ConntrackTimeouts()
+    assert tcp["syn_sent"] == ct.tcp_syn_sent
+    assert tcp["established"] == ct.tcp_established
+    assert tcp["time_wait"] == tcp["close"] == ct.tcp_time_wait  # the pipeline's "closing"
+    udp = dict(cast(tuple[tuple[str, int], ...], next(v for n, v in policies.items() if "udp6" in n)))
+    assert udp == {"unreplied": ct.udp, "replied": ct.udp_stream}
+    name = next(n for n in policies if "tcp4" in n)
+    assert items[("ct_to", (2, 6))] == f"goto:{name}"
+    assert (CHAIN, (name,)) in items
+    text = script(Delta(add=items))
+    assert f"add ct timeout inet xpunet {name} {{ protocol tcp; l3proto ip; policy = {{ " in text
+    assert f'add rule inet xpunet {name} ct timeout set "{name}"' in text
+
+
+def test_a_timeout_change_replaces_only_that_protocols_policies() -> None:
+    def with_ct(ct: ConntrackTimeouts) -> tuple[TableEntry, ...]:
+        low = lower(dataclasses.replace(intents(), conntrack=ct), PORTS)
+        return low.entries
+
+    s = fresh(with_ct(ConntrackTimeouts()))
+    delta = s.update(diff(with_ct(ConntrackTimeouts()), with_ct(ConntrackTimeouts(udp=5))).updates)
+    assert {k[0] for k in delta.add} == {CT_TIMEOUT, CHAIN, "ct_to"}
+    assert all("udp" in str(k[1][0]) for k in delta.add if k[0] != "ct_to")
+    assert len(delta.add) == 2 + 2 + 2  # IPv4 and IPv6: policy, chain, map element
 
 
 def test_overlapping_rules_are_cut_into_disjoint_boxes() -> None:
@@ -185,13 +252,20 @@ def test_script_creates_chains_and_counters_first_and_deletes_them_last() -> Non
     s = fresh(())
     added = script(s.update(diff((), entries()).updates)).splitlines()
     first_element = next(i for i, x in enumerate(added) if " element " in x)
-    assert added[0] == "add chain inet xpunet fe4_h3"
+    first_chain = next(i for i, x in enumerate(added) if x.startswith("add chain "))
+    # Timeout policies first (a chain's rule names its policy), then chains, counters, elements.
+    assert all(x.startswith("add ct timeout inet xpunet ctto_") for x in added[:first_chain])
+    assert first_chain == 4  # tcp and udp, IPv4 and IPv6
+    assert first_chain < added.index("add chain inet xpunet fe4_h3") < first_element
     assert any(x.startswith("add counter inet xpunet acl_") for x in added[:first_element])
     removed = script(s.update(diff(entries(), ()).updates)).splitlines()
     assert not any(x.startswith("add ") for x in removed)
-    assert removed[-1].startswith("delete chain inet xpunet ")
+    assert removed[-1].startswith("delete ct timeout inet xpunet ctto_")
     last_element = max(i for i, x in enumerate(removed) if " element " in x)
-    assert all(x.startswith(("delete counter", "delete chain")) for x in removed[last_element + 1 :])
+    assert all(
+        x.startswith(("delete counter", "delete chain", "delete ct timeout"))
+        for x in removed[last_element + 1 :]
+    )
     assert script(Delta()) == ""
 
 

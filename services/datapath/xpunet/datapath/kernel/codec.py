@@ -11,12 +11,21 @@ with like.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from xpunet.datapath.kernel.render import CHAIN, COUNTER, ROUTE, Delta, Items
-from xpunet.datapath.kernel.ruleset import CONTAINERS, FAMILY, PICK_CHAIN, TABLE, Container, pick_chain_rules
+from xpunet.datapath.kernel.render import CHAIN, COUNTER, CT_TIMEOUT, ROUTE, VIRTUAL, Delta, Items
+from xpunet.datapath.kernel.ruleset import (
+    CONTAINERS,
+    FAMILY,
+    TABLE,
+    Container,
+    dynamic_chain_rules,
+    is_dynamic_chain,
+)
+
+_NOT_ELEMENTS = frozenset({COUNTER, ROUTE, CHAIN, CT_TIMEOUT, *VIRTUAL})
 
 
 class CodecError(ValueError):
@@ -71,6 +80,10 @@ def _native_value(c: Container) -> Callable[[Any], str] | None:
         return lambda v: f"goto {str(v)[5:]}" if str(v).startswith("goto:") else str(v)
     if c.data == "counter":
         return _quote
+    if c.data in ("mark", "port"):
+        return str
+    if c.data in ("ipv4", "ipv6"):
+        return _ip4 if c.data == "ipv4" else _ip6
     fmt = _ip4 if c.data == "ipv4_port" else _ip6
     return lambda v: f"{fmt(v[0])} . {v[1]}"
 
@@ -101,7 +114,7 @@ _NATIVE: dict[str, Callable[[Any, Any], str]] = {name: _native_element(c) for na
 def _native_elements(verb: str, items: Items, out: list[str]) -> None:
     by: dict[str, list[str]] = {}
     for (container, key), value in items.items():
-        if container in (COUNTER, ROUTE, CHAIN):
+        if container in _NOT_ELEMENTS or container.startswith("@"):
             continue
         elems = by.get(container)
         if elems is None:
@@ -116,17 +129,21 @@ def _native_elements(verb: str, items: Items, out: list[str]) -> None:
 def script(delta: Delta) -> str:
     """The whole of ``delta`` (without routes) as one native nft script: one atomic transaction.
 
-    Order: new pick chains and their rules, new counters, element deletes,
-    element adds, then counters and pick chains no element refers to any more
-    (the kernel checks references as the batch goes, so a chain is deleted
-    after the verdict map elements that jumped to it).
+    Order: new conntrack timeout policies, new dynamic chains (pick,
+    affinity learning, timeout) and their rules, new counters, element
+    deletes, element adds, then counters, chains and policies nothing refers
+    to any more (the kernel checks references as the batch goes, so a chain is
+    deleted after the verdict map elements that jumped to it, a policy after
+    the chain that set it).
     """
     out: list[str] = []
+    for _, key in sorted(k for k in delta.add if k[0] == CT_TIMEOUT):
+        out.append(_ct_timeout_command(str(key[0]), delta.add[(CT_TIMEOUT, key)]))
     for _, key in sorted(k for k in delta.add if k[0] == CHAIN):
         name = str(key[0])
         out.append(f"add chain {FAMILY} {TABLE} {name}")
         out.append(f"flush chain {FAMILY} {TABLE} {name}")
-        out += [f"add rule {FAMILY} {TABLE} {name} {r}" for r in pick_chain_rules(name)]
+        out += [f"add rule {FAMILY} {TABLE} {name} {r}" for r in dynamic_chain_rules(name)]
     for _, key in sorted(k for k in delta.add if k[0] == COUNTER):
         out.append(f"add counter {FAMILY} {TABLE} {key[0]}")
     _native_elements("delete", delta.delete, out)
@@ -137,7 +154,31 @@ def script(delta: Delta) -> str:
     for container, key in sorted(k for k in delta.delete if k[0] == CHAIN):
         if (container, key) not in delta.add:
             out.append(f"delete chain {FAMILY} {TABLE} {key[0]}")
+    for container, key in sorted(k for k in delta.delete if k[0] == CT_TIMEOUT):
+        if (container, key) not in delta.add:
+            out.append(f"delete ct timeout {FAMILY} {TABLE} {key[0]}")
     return "\n".join(out) + "\n" if out else ""
+
+
+def _ct_timeout_command(name: str, policy: object) -> str:
+    # ctto_tcp4_<digest>: the protocol and family are in the name (see render._render_ct_timeouts).
+    l4, l3 = name[5:8], "ip" if name[8] == "4" else "ip6"
+    pairs = cast(tuple[tuple[str, int], ...], policy)
+    states = ", ".join(f"{state}: {seconds}" for state, seconds in pairs)
+    return (
+        f"add ct timeout {FAMILY} {TABLE} {name} {{ protocol {l4}; l3proto {l3}; policy = {{ {states} }}; }}"
+    )
+
+
+def delete_keys_script(name: str, keys: Iterable[tuple[object, ...]]) -> str:
+    """``delete element`` commands for these keys of container ``name`` (a map's values not needed)."""
+    c = CONTAINERS[name]
+    parts = [_native_part(k, c.interval) for k in c.key]
+    elems = [" . ".join(f(x) for f, x in zip(parts, key, strict=True)) for key in keys]
+    return "".join(
+        f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(elems[i : i + ELEMENTS_PER_COMMAND])} }}\n"
+        for i in range(0, len(elems), ELEMENTS_PER_COMMAND)
+    )
 
 
 # --- reading back ------------------------------------------------------------------------------
@@ -171,8 +212,10 @@ def _decode_value(c: Container, v: object) -> object:
         if isinstance(v, dict) and len(v) == 1:
             return next(iter(v))
         raise CodecError(f"{c.name}: unexpected verdict {v!r}")
-    if c.data == "counter":
+    if c.data in ("counter", "mark", "port"):
         return v
+    if c.data in ("ipv4", "ipv6"):
+        return _int_of(c.data, v)
     if isinstance(v, dict) and "concat" in v:
         addr, port = v["concat"]
         return (_int_of("ipv4" if c.data == "ipv4_port" else "ipv6", addr), int(port))
@@ -201,8 +244,13 @@ def parse_table(doc: Mapping[str, Any]) -> TableView:
     """Items, container kinds and counter values from ``nft -j -n list table inet xpunet`` output."""
     view = TableView()
     for obj in doc.get("nftables", ()):
-        if "chain" in obj and PICK_CHAIN.match(obj["chain"]["name"]):
+        if "chain" in obj and is_dynamic_chain(obj["chain"]["name"]):
             view.items[(CHAIN, (obj["chain"]["name"],))] = None
+            continue
+        if "ct timeout" in obj:
+            # Named by a digest of their policy, which nft lists without the states left at the
+            # kernel's defaults: the name says it all (the target never compares the value).
+            view.items[(CT_TIMEOUT, (obj["ct timeout"]["name"],))] = None
             continue
         if "counter" in obj:
             c = obj["counter"]
@@ -215,8 +263,8 @@ def parse_table(doc: Mapping[str, Any]) -> TableView:
         s = obj[kind]
         view.containers[s["name"]] = kind
         spec = CONTAINERS.get(s["name"])
-        if spec is None:
-            continue
+        if spec is None or spec.dynamic:
+            continue  # another version's container, or learned elements (affinity)
         for el in s.get("elem", ()):
             if spec.data:
                 k, v = el
@@ -224,3 +272,16 @@ def parse_table(doc: Mapping[str, Any]) -> TableView:
             else:
                 view.items[(spec.name, _decode_key(spec, el))] = None
     return view
+
+
+def parse_map_elements(doc: Mapping[str, Any], name: str) -> Items:
+    """The elements of map ``name`` in ``nft -j -n list map`` output (learned ones included)."""
+    spec = CONTAINERS[name]
+    out: Items = {}
+    for obj in doc.get("nftables", ()):
+        m = obj.get("map")
+        if m is None or m.get("name") != name:
+            continue
+        for k, v in m.get("elem", ()):
+            out[(name, _decode_key(spec, k))] = _decode_value(spec, v)
+    return out

@@ -250,6 +250,12 @@ class Nft:
         doc: dict[str, Any] = json.loads(result.out)
         return doc
 
+    async def list_map(self, name: str) -> dict[str, Any]:
+        """``nft -j -n list map inet xpunet <name>`` (with learned elements, their timeouts)."""
+        result = await self._run("list map", f"list map {FAMILY} {TABLE} {name}", numeric=True)
+        doc: dict[str, Any] = json.loads(result.out)
+        return doc
+
     async def list_counters(self) -> dict[str, tuple[int, int]]:
         """name → (packets, bytes) of the table's named counters."""
         try:

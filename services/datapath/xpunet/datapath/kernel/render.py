@@ -30,10 +30,25 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from xpunet.datapath.kernel.ruleset import CONTAINERS, L4_PROTOCOLS, pick_chain_name
+from xpunet.datapath.kernel.ruleset import (
+    AFFINITY_CT_MARK,
+    AFFINITY_GROUP_MASK,
+    CONTAINERS,
+    L4_PROTOCOLS,
+    affinity_chain_name,
+    pick_chain_name,
+)
+from xpunet.datapath.kernel.slots import backend_slots
 from xpunet.pipeline.diff import Update
 from xpunet.pipeline.entries import EntryKey, Exact, Lpm, Range, TableEntry, Ternary
-from xpunet.pipeline.schema import FLAG_AFFINITY, FLAG_SNAT_TO_NODE, SET_BITS
+from xpunet.pipeline.schema import (
+    CT_CLOSING,
+    CT_ESTABLISHED,
+    CT_NEW,
+    FLAG_AFFINITY,
+    FLAG_SNAT_TO_NODE,
+    SET_BITS,
+)
 
 ItemKey = tuple[str, tuple[object, ...]]
 Items = dict[ItemKey, object]
@@ -41,6 +56,12 @@ Unit = tuple[object, ...]
 COUNTER = "@counter"
 ROUTE = "@route"
 CHAIN = "@chain"
+CT_TIMEOUT = "@ct_timeout"
+"""A named ``ct timeout`` object: ``(name,) → ((state, seconds), ...)``."""
+AFFINITY_LIVE = "@affinity_live"
+"""Not a kernel object: ``(version, group) → backends`` of a ClientIP-affinity group, so the target
+can purge learned affinity entries whose backend left the group."""
+VIRTUAL = frozenset({AFFINITY_LIVE})
 _L4_BY_NUMBER = {n: name for name, n in L4_PROTOCOLS.items()}
 
 
@@ -98,6 +119,8 @@ def _kind_of(alias: str) -> str:
         return "ipset"
     if alias.startswith("node_address"):
         return "node_addr"
+    if alias == "ct_timeout":
+        return "ct"
     return ""
 
 
@@ -116,7 +139,7 @@ def _link(index: dict[int, set[EntryKey]], k: int, ekey: EntryKey, add: bool) ->
                 del index[k]
 
 
-_SCANNED = frozenset({"port", "ipset", "next_hop"})  # kinds whose tables the renderers scan
+_SCANNED = frozenset({"port", "ipset", "next_hop", "ct"})  # kinds whose tables the renderers scan
 
 
 def _link_entry(
@@ -204,7 +227,7 @@ class KernelState:
         self._fib_by_nh: dict[int, set[EntryKey]] = {}
         self._backends: dict[
             tuple[int, int], list[tuple[int, int]]
-        ] = {}  # per _rerender: (group, v) → backends
+        ] = {}  # per _rerender: (group, v) → backend per slot
         self._by_table: dict[str, dict[EntryKey, TableEntry]] = {}  # tables rendered by scanning
 
     # --- bookkeeping ------------------------------------------------------------------
@@ -270,6 +293,8 @@ class KernelState:
             return (("ipset", _alias(table)),)
         if kind == "node_addr":
             return (("node_addr", ekey),)
+        if kind == "ct":
+            return (("ct", 0),)
         return ()
 
     def set_port_names(self, names: Mapping[int, str]) -> Delta:
@@ -370,6 +395,8 @@ class KernelState:
             return {(f"node_addr{_fam(e)}", (_exact(e, "dst_addr"),)): None}
         if kind == "route":
             return self._render_route(cast(EntryKey, arg), problems)
+        if kind == "ct":
+            return self._render_ct_timeouts()
         return {}
 
     def _render_port(self, port: int) -> Items:
@@ -446,26 +473,61 @@ class KernelState:
             problems.append(f"{fe.alias}: protocol {proto} has no ports to balance on; dropped")
             out[(f"{pre}_drop{v}", skey)] = None
             return out
-        backends = self._backends.get((group, v))
-        if backends is None:
+        slots = self._backends.get((group, v))
+        if slots is None:
             buckets = g.param("bucket_count")
             maglev = f"maglev_backend_v{v}"
-            backends = sorted(
-                {
-                    (e.param("addr"), e.param("port"))
-                    for e in self._maglev.get(group, {}).values()
-                    if _alias(e.table) == maglev and _exact(e, "bucket") < buckets
-                }
-            )
-            self._backends[(group, v)] = backends
-        if not backends:
+            counts: dict[tuple[int, int], int] = {}
+            for e in self._maglev.get(group, {}).values():
+                if _alias(e.table) == maglev and _exact(e, "bucket") < buckets:
+                    b = (e.param("addr"), e.param("port"))
+                    counts[b] = counts.get(b, 0) + 1
+            slots = backend_slots(counts)
+            self._backends[(group, v)] = slots
+        if not slots:
             out[(f"{pre}_drop{v}", skey)] = None
             return out
-        chain = pick_chain_name(pre, v, bool(flags & FLAG_AFFINITY), len(backends))
+        affinity = bool(flags & FLAG_AFFINITY)
+        if affinity and not 0 < group <= AFFINITY_GROUP_MASK:
+            problems.append(f"{fe.alias}: group {group} does not fit the connection mark; no affinity")
+            affinity = False
+        if affinity:
+            learn = affinity_chain_name(fe.param("affinity_timeout"))
+            out[(f"{pre}_aff{v}", skey)] = AFFINITY_CT_MARK | group
+            out[(CHAIN, (learn,))] = None
+            out[("aff_rec", (group,))] = f"goto:{learn}"
+            out[(AFFINITY_LIVE, (v, group))] = tuple(sorted(set(slots)))
+        chain = pick_chain_name(pre, v, affinity, len(slots))
         out[(CHAIN, (chain,))] = None
         out[(f"{pre}_pick{v}", skey)] = f"goto:{chain}"
-        for slot, backend in enumerate(backends):
+        for slot, backend in enumerate(slots):
             out[(f"{pre}_be{v}_{l4}", (*fkey, slot))] = backend
+        return out
+
+    def _render_ct_timeouts(self) -> Items:
+        seconds: dict[tuple[int, int], int] = {}
+        for e in self._by_table.get("ingress.ct_timeout", {}).values():
+            if e.action.endswith("set_ct_timeout"):
+                seconds[(_exact(e, "protocol"), _exact(e, "ct_state"))] = e.param("seconds")
+        out: Items = {}
+        for l4, states in _CT_POLICY_STATES.items():
+            proto = L4_PROTOCOLS[l4]
+            policy = tuple(
+                sorted(
+                    (name, seconds[(proto, st)])
+                    for st, names in states.items()
+                    if (proto, st) in seconds
+                    for name in names
+                )
+            )
+            if not policy:
+                continue  # the kernel's own timeouts (use_builtin_ct_timeout)
+            digest = hashlib.blake2b(repr(policy).encode(), digest_size=4).hexdigest()
+            for v, nfproto in ((4, _NFPROTO_IPV4), (6, _NFPROTO_IPV6)):
+                name = f"ctto_{l4}{v}_{digest}"
+                out[(CT_TIMEOUT, (name,))] = policy
+                out[(CHAIN, (name,))] = None
+                out[("ct_to", (nfproto, proto))] = f"goto:{name}"
         return out
 
     def _render_ipsets(self, alias: str) -> Items:
@@ -532,6 +594,20 @@ class KernelState:
             )
             return {}
         return {}  # deliver_host: the node's own addresses are local routes already
+
+
+_NFPROTO_IPV4 = 2
+_NFPROTO_IPV6 = 10
+# The pipeline's three conntrack states → the kernel's TCP/UDP states they stand for.  nft 1.0.6 can
+# declare timeout policies for TCP and UDP only, so SCTP and ICMP keep the kernel's timeouts.
+_CT_POLICY_STATES: dict[str, dict[int, tuple[str, ...]]] = {
+    "tcp": {
+        CT_NEW: ("syn_sent", "syn_recv"),
+        CT_ESTABLISHED: ("established",),
+        CT_CLOSING: ("fin_wait", "close_wait", "last_ack", "time_wait", "close"),
+    },
+    "udp": {CT_NEW: ("unreplied",), CT_ESTABLISHED: ("replied",)},
+}
 
 
 def _protocol_ranges(m: object) -> list[tuple[int, int]] | None:

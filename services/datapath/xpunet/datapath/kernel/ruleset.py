@@ -38,14 +38,19 @@ TABLE = "xpunet"
 FAMILY = "inet"
 HASH_SEED = 0x78707531  # "xpu1": equal on every node, so every kernel-target node picks alike
 PRIORITY_PRE_FILTER = -150
+PRIORITY_CT_TIMEOUT = -190  # after conntrack (-200) made the entry, before it is confirmed
 SNAT_CT_MARK = 0x20000000
 """The connection-mark bit of flows to be SNATed to the node (externalTrafficPolicy Cluster)."""
+AFFINITY_CT_MARK = 0x40000000
+"""The connection-mark bit of flows to a ClientIP-affinity frontend; the low bits hold the group."""
+AFFINITY_GROUP_MASK = 0x01FFFFFF
+"""The backend group in the connection mark (service port ids are < 2**24, so groups < 2**25)."""
 RT_PROTO_XPUNET = 93
 """Route protocol number (``ip route ... proto 93``) of every route xpunet owns."""
 
 L4_PROTOCOLS: Mapping[str, int] = {"tcp": 6, "udp": 17, "sctp": 132}
-Kind = Literal["ifname", "ipv4", "ipv6", "proto", "port", "u32"]
-DataKind = Literal["verdict", "counter", "ipv4_port", "ipv6_port"]
+Kind = Literal["ifname", "ipv4", "ipv6", "proto", "port", "u32", "mark", "nfproto", "hash"]
+DataKind = Literal["verdict", "counter", "ipv4_port", "ipv6_port", "mark", "ipv4", "ipv6", "port"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,7 @@ class Container:
     data: DataKind | None = None
     interval: bool = False
     l4: str = ""  # backend maps: the transport protocol the map serves (nft needs one per protocol)
+    dynamic: bool = False  # filled from the packet path (affinity): never rendered nor read back
 
     @property
     def kind(self) -> str:
@@ -71,14 +77,26 @@ class Container:
             "proto": "inet_proto",
             "port": "inet_service",
             "u32": "mark",
+            "mark": "mark",
+            "nfproto": "nf_proto",
+            "hash": "mark",
         }
         data = {
             "verdict": "verdict",
             "counter": "counter",
             "ipv4_port": "ipv4_addr . inet_service",
             "ipv6_port": "ipv6_addr . inet_service",
+            "mark": "mark",
+            "ipv4": "ipv4_addr",
+            "ipv6": "ipv6_addr",
+            "port": "inet_service",
         }
-        if "u32" in self.key:
+        if "hash" in self.key:
+            # A jhash result is a plain integer: declared with typeof (see below), data likewise.
+            keyof = {"mark": "ct mark", "hash": "meta cpu"}
+            valueof = {"ipv4": "ip daddr", "ipv6": "ip6 daddr", "port": "tcp dport"}
+            body = f"typeof {' . '.join(keyof[k] for k in self.key)} : {valueof[str(self.data)]};"
+        elif "u32" in self.key:
             # A jhash result is a plain 32-bit integer: only typeof declares a key nft accepts for it,
             # and `meta cpu` is the plain-integer expression nft 1.0.6 can also list back.
             typeofs = {
@@ -98,6 +116,8 @@ class Container:
             key = " . ".join(types[k] for k in self.key)
             body = f"type {key}" + (f" : {data[self.data]};" if self.data else ";")
         flags = " flags interval;" if self.interval else ""
+        if self.dynamic:
+            flags = " flags dynamic,timeout; size 262144;"  # the pipeline's affinity_vN size
         return f"{{ {body}{flags} }}"
 
 
@@ -111,6 +131,8 @@ def _containers() -> dict[str, Container]:
         Container("ep_src6", ("ifname", "ipv6")),
         Container("node_addr4", ("ipv4",)),
         Container("node_addr6", ("ipv6",)),
+        Container("aff_rec", ("mark",), "verdict"),
+        Container("ct_to", ("nfproto", "proto"), "verdict"),
     ]
     fams: tuple[tuple[int, Kind, DataKind], ...] = ((4, "ipv4", "ipv4_port"), (6, "ipv6", "ipv6_port"))
     for v, k, data in fams:
@@ -125,6 +147,16 @@ def _containers() -> dict[str, Container]:
         out += [
             Container(f"fe_pick{v}", (k, "proto", "port"), "verdict"),
             Container(f"np_pick{v}", ("proto", "port"), "verdict"),
+            Container(f"fe_aff{v}", (k, "proto", "port"), "mark"),
+            Container(f"np_aff{v}", ("proto", "port"), "mark"),
+            # Learned affinity: (connection mark, client) → backend address, and → port.  nft
+            # 1.0.6 allocates the registers of a packet-path map update as if key and value fit
+            # 16 bytes each: a longer key is overwritten by the value (an IPv6 client is keyed
+            # by a 32-bit jhash of its address) and an IPv6 address . port value asserts (two maps).
+            Container(
+                f"aff{v}", ("mark", k if v == 4 else "hash"), "ipv4" if v == 4 else "ipv6", dynamic=True
+            ),
+            Container(f"aff{v}p", ("mark", k if v == 4 else "hash"), "port", dynamic=True),
         ]
         for l4 in L4_PROTOCOLS:
             out += [
@@ -163,6 +195,7 @@ def _acl_chain(direction: Literal["egress", "ingress"]) -> list[str]:
     return rules
 
 
+_CT_TIMEOUT_RULE = "meta nfproto . meta l4proto vmap @ct_to"
 _ND = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
 
 
@@ -177,7 +210,31 @@ def _nat_rules() -> list[str]:
     return out
 
 
+def _affinity_mark_rules() -> list[str]:
+    # A ClientIP-affinity frontend writes its backend group (and the affinity bit) into the
+    # connection mark: nft cannot nest one map lookup in another's key, so the group travels in
+    # the mark to the pick chain (remembered backend) and past DNAT to the learning chain.  The
+    # mark of a new connection is replaced; the SNAT bit is or-ed in after this rule.
+    out = []
+    for v, p in ((4, "ip"), (6, "ip6")):
+        out += [
+            f"ct mark set {p} daddr . meta l4proto . th dport map @fe_aff{v}",
+            f"{p} daddr @node_addr{v} ct mark set meta l4proto . th dport map @np_aff{v}",
+        ]
+    return out
+
+
+def _affinity_learn_rules() -> list[str]:
+    # After DNAT (priority dstnat + 1) the packet carries the chosen backend: the group's
+    # timeout chain adds it (or refreshes the remembered one) for the client.
+    group = f"ct mark and {AFFINITY_GROUP_MASK:#x}"
+    bit = f"ct mark and {AFFINITY_CT_MARK:#x} == {AFFINITY_CT_MARK:#x}"
+    return [f"ct state new ct status dnat {bit} {group} vmap @aff_rec"]
+
+
 PICK_CHAIN = re.compile(r"^(fe|np)([46])_([ha])(\d+)$")
+AFFINITY_CHAIN = re.compile(r"^aff_t(\d+)$")
+CT_TIMEOUT_NAME = re.compile(r"^ctto_(tcp|udp)([46])_[0-9a-f]+$")
 
 
 def pick_chain_name(kind: str, version: int, affinity: bool, backends: int) -> str:
@@ -200,10 +257,71 @@ def pick_chain_rules(name: str) -> list[str]:
     p = "ip" if v == 4 else "ip6"
     key = f"{p} daddr . th dport" if kind == "fe" else "th dport"
     hashed = f"jhash {p} saddr . th sport" if how == "h" else f"jhash {p} saddr"
-    return [
+    out = []
+    if how == "a":
+        # The backend this client got before (learned by the group's affinity chain), if any:
+        # dnat ends the chain.  A miss falls through to the hash, whose pick is then learned.
+        # The mark holds the affinity bit, the group (and the SNAT bit: fixed per frontend).
+        client = f"ct mark . {affinity_client(v)}"
+        out += [
+            f"meta l4proto {l4} dnat {p} to {client} map @aff{v} : {client} map @aff{v}p"
+            for l4 in L4_PROTOCOLS
+        ]
+    return out + [
         f"meta l4proto {l4} dnat {p} to {key} . {hashed} mod {k} seed {HASH_SEED:#x} map @{kind}_be{v}_{l4}"
         for l4 in L4_PROTOCOLS
     ]
+
+
+def affinity_chain_name(timeout_s: int) -> str:
+    """The chain learning affinity entries that expire ``timeout_s`` s after the last connection."""
+    return f"aff_t{max(1, timeout_s)}"
+
+
+def affinity_chain_rules(name: str) -> list[str]:
+    m = AFFINITY_CHAIN.match(name)
+    if m is None:
+        raise ValueError(f"not an affinity chain: {name!r}")
+    # `update` adds the element, or only refreshes the timeout of one that exists (its backend
+    # stays): the client keeps the backend it first got while it keeps connecting.
+    t = f"timeout {m.group(1)}s"
+    return [
+        f"meta nfproto {fam} meta l4proto {l4} "
+        f"update @aff{v} {{ ct mark . {affinity_client(v)} {t} : {p} daddr }} "
+        f"update @aff{v}p {{ ct mark . {affinity_client(v)} {t} : {l4} dport }}"
+        for v, p, fam in ((4, "ip", "ipv4"), (6, "ip6", "ipv6"))
+        for l4 in L4_PROTOCOLS
+    ]
+
+
+AFFINITY_CLIENT_HASH_MOD = 0xFFFFFFFF
+
+
+def affinity_client(version: int) -> str:
+    """The client part of an affinity key: the IPv4 address, or a 32-bit hash of the IPv6 one."""
+    if version == 4:
+        return "ip saddr"
+    return f"jhash ip6 saddr mod {AFFINITY_CLIENT_HASH_MOD:#x} seed {HASH_SEED:#x}"
+
+
+def ct_timeout_rules(name: str) -> list[str]:
+    """The chain of a conntrack timeout policy object has the object's name and one rule."""
+    if CT_TIMEOUT_NAME.match(name) is None:
+        raise ValueError(f"not a conntrack timeout policy: {name!r}")
+    return [f'ct timeout set "{name}"']
+
+
+def dynamic_chain_rules(name: str) -> list[str]:
+    """Rules of a chain made on demand (pick, affinity learning, conntrack timeout), from its name."""
+    if PICK_CHAIN.match(name):
+        return pick_chain_rules(name)
+    if AFFINITY_CHAIN.match(name):
+        return affinity_chain_rules(name)
+    return ct_timeout_rules(name)
+
+
+def is_dynamic_chain(name: str) -> bool:
+    return bool(PICK_CHAIN.match(name) or AFFINITY_CHAIN.match(name) or CT_TIMEOUT_NAME.match(name))
 
 
 def _svc_check_rules() -> list[str]:
@@ -271,8 +389,20 @@ def _chains() -> tuple[Chain, ...]:
             rules=("meta l4proto tcp reject with tcp reset", "reject with icmpx port-unreachable"),
         ),
         Chain("out_filter", "output", priority=PRIORITY_PRE_FILTER, rules=("goto svc_check",)),
-        Chain("pre_nat", "prerouting", "nat", -100, (*_snat_mark_rules(), *_nat_rules())),
-        Chain("out_nat", "output", "nat", -100, tuple(_nat_rules())),
+        # The kernel attaches a timeout policy to a new entry only between conntrack (-200)
+        # and the entry's confirmation: here, for every new flow, its protocol's policy.
+        Chain("ct_pre", "prerouting", priority=PRIORITY_CT_TIMEOUT, rules=(_CT_TIMEOUT_RULE,)),
+        Chain("ct_out", "output", priority=PRIORITY_CT_TIMEOUT, rules=(_CT_TIMEOUT_RULE,)),
+        Chain(
+            "pre_nat",
+            "prerouting",
+            "nat",
+            -100,
+            (*_affinity_mark_rules(), *_snat_mark_rules(), *_nat_rules()),
+        ),
+        Chain("out_nat", "output", "nat", -100, (*_affinity_mark_rules(), *_nat_rules())),
+        Chain("aff_pre", "prerouting", priority=-99, rules=tuple(_affinity_learn_rules())),
+        Chain("aff_out", "output", priority=-99, rules=tuple(_affinity_learn_rules())),
         Chain(
             "post_nat",
             "postrouting",
@@ -311,6 +441,7 @@ def _digest() -> str:
     text = "\n".join(f"{c.name} {c.declaration()}" for c in CONTAINERS.values())
     text += "\n".join(f"{c.name} {c.hook} {c.kind} {c.priority} {c.rules}" for c in CHAINS)
     text += f"{STATIC_COUNTERS} {HASH_SEED} {pick_chain_rules('fe4_h1')} {pick_chain_rules('np6_a1')}"
+    text += f"{affinity_chain_rules('aff_t1')} {ct_timeout_rules('ctto_tcp4_0')}"
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 

@@ -26,16 +26,37 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import cast
 
-from xpunet.datapath.kernel.codec import parse_table, script
+from xpunet.datapath.kernel.codec import delete_keys_script, parse_map_elements, parse_table, script
 from xpunet.datapath.kernel.nft import BackendName, Nft, choose_backend
-from xpunet.datapath.kernel.render import COUNTER, ROUTE, Delta, Items, KernelState, counter_name
+from xpunet.datapath.kernel.render import (
+    AFFINITY_LIVE,
+    COUNTER,
+    CT_TIMEOUT,
+    ROUTE,
+    VIRTUAL,
+    Delta,
+    Items,
+    KernelState,
+    counter_name,
+)
 from xpunet.datapath.kernel.routes import Routes
-from xpunet.datapath.kernel.ruleset import CONTAINERS, MARKER_COUNTER, STATIC_COUNTERS, bootstrap_script
+from xpunet.datapath.kernel.ruleset import (
+    AFFINITY_GROUP_MASK,
+    CONTAINERS,
+    MARKER_COUNTER,
+    STATIC_COUNTERS,
+    bootstrap_script,
+)
+from xpunet.p4rt.errors import TargetError
 from xpunet.pipeline.diff import Batch, Update
 from xpunet.pipeline.entries import EntryKey, TableEntry
 
 log = logging.getLogger(__name__)
+
+AffinityPurges = dict[tuple[int, int], frozenset[tuple[int, int]]]
+"""(IP version, backend group) → the group's backends now (empty: the group is gone)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +72,18 @@ class ApplyResult:
 LARGE_DELTA = 20_000
 """An apply or reconcile changing at least this many kernel items (from empty, a resync at scale)
 freezes the heap once the new state is built (see :func:`_keep_long_lived`)."""
+
+
+def _affinity_purges(delta: Delta) -> AffinityPurges:
+    """Affinity groups that lost a backend (or went away) in ``delta``."""
+    out: AffinityPurges = {}
+    for (container, key), old in delta.delete.items():
+        if container != AFFINITY_LIVE:
+            continue
+        live = frozenset(cast(tuple[tuple[int, int], ...], delta.add.get((container, key), ())))
+        if set(cast(tuple[tuple[int, int], ...], old)) - live:
+            out[cast(tuple[int, int], key)] = live
+    return out
 
 
 def _keep_long_lived(delta: Delta) -> None:
@@ -129,6 +162,9 @@ class KernelTarget:
         rdel = {k: v for k, v in delta.delete.items() if k[0] == ROUTE}
         radd = {k: v for k, v in delta.add.items() if k[0] == ROUTE}
         errors = await self._routes.apply(rdel, radd) if rdel or radd else []
+        purges = _affinity_purges(delta)
+        if purges:
+            await self.purge_affinity(purges)
         log.debug(
             "kernel target %s: %d items: encode %.1f ms, nft %.1f ms, routes %.1f ms",
             self.netns or "(own namespace)",
@@ -196,10 +232,13 @@ class KernelTarget:
         for k, v in have.items():
             if k in static:
                 continue
-            if want.get(k, delta) != v:
+            # Timeout policies are named by their content: present is right.
+            if want.get(k, delta) != v and not (k[0] == CT_TIMEOUT and k in want):
                 delta.delete[k] = v
         for k, v in want.items():
-            if have.get(k, delta) != v:
+            if k[0] in VIRTUAL:
+                continue
+            if have.get(k, delta) != v and not (k[0] == CT_TIMEOUT and k in have):
                 delta.add[k] = v
         route_errors = await self._commit(delta)
         if delta:
@@ -210,6 +249,36 @@ class KernelTarget:
                 len(delta.delete),
             )
         return ApplyResult(len(delta.add), len(delta.delete), self._problems(), tuple(route_errors))
+
+    async def purge_affinity(self, purges: AffinityPurges) -> int:
+        """Delete learned affinity entries of these groups whose backend left the group; returns how many.
+
+        Runs after the transaction that removed the backends, so no new entry
+        can name them; an entry that expires meanwhile is skipped.
+        """
+        stale: dict[str, list[tuple[object, ...]]] = {}
+        for v in sorted({v for v, _ in purges}):
+            addrs = parse_map_elements(await self._nft.list_map(f"aff{v}"), f"aff{v}")
+            ports = parse_map_elements(await self._nft.list_map(f"aff{v}p"), f"aff{v}p")
+            for (_, key), addr in addrs.items():
+                live = purges.get((v, cast(int, key[0]) & AFFINITY_GROUP_MASK))
+                if live is not None and (addr, ports.get((f"aff{v}p", key))) not in live:
+                    stale.setdefault(f"aff{v}", []).append(key)
+                    if (f"aff{v}p", key) in ports:
+                        stale.setdefault(f"aff{v}p", []).append(key)
+        if not stale:
+            return 0
+        try:
+            await self._nft.run_script("".join(delete_keys_script(n, keys) for n, keys in stale.items()))
+        except TargetError:
+            # One of them expired between the listing and the delete: the rest one by one.
+            for name, keys in stale.items():
+                for key in keys:
+                    with contextlib.suppress(TargetError):
+                        await self._nft.run_script(delete_keys_script(name, [key]))
+        n = len(stale.get("aff4", ())) + len(stale.get("aff6", ()))
+        log.info("kernel target %s: %d affinity entries purged", self.netns or "(own namespace)", n)
+        return n
 
     async def counters(self) -> dict[EntryKey, tuple[int, int]]:
         """Packets and bytes per ACL entry (allowed flows), from the entries' named counters."""
