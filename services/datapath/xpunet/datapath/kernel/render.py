@@ -39,6 +39,12 @@ from xpunet.datapath.kernel.ruleset import (
     pick_chain_name,
 )
 from xpunet.datapath.kernel.slots import backend_slots
+from xpunet.datapath.kernel.vxlan import (
+    DEFAULT_IFNAME,
+    gateway,
+    next_hop_vtep,
+    render_overlay,
+)
 from xpunet.pipeline.diff import Update
 from xpunet.pipeline.entries import EntryKey, Exact, Lpm, Range, TableEntry, Ternary
 from xpunet.pipeline.schema import (
@@ -214,8 +220,12 @@ def lpm_segments(prefixes: Mapping[tuple[int, int], int], width: int) -> list[tu
 class KernelState:
     """Applied entries, their indexes, and the items of every unit.  Mutated only by :meth:`update`."""
 
-    def __init__(self, port_names: Mapping[int, str] | None = None) -> None:
+    def __init__(
+        self, port_names: Mapping[int, str] | None = None, *, vxlan_ifname: str = DEFAULT_IFNAME
+    ) -> None:
         self.port_names: dict[int, str] = dict(port_names or {})
+        self.vxlan_ifname = vxlan_ifname
+        self._host_fib: dict[EntryKey, TableEntry] = {}  # deliver_host entries: the node's own addresses
         self.entries: dict[EntryKey, TableEntry] = {}
         self.units: dict[Unit, Items] = {}
         self._refs: dict[ItemKey, int] = {}  # how many units render each item
@@ -280,7 +290,13 @@ class KernelState:
             return (("ep", ep),)
         if kind == "fib":
             units = [("route", ekey)]
-            if e.action.endswith("deliver_local"):
+            if e.action.endswith("deliver_host"):
+                if add:
+                    self._host_fib[ekey] = e
+                else:
+                    self._host_fib.pop(ekey, None)
+                units.append(("vxlan", 0))
+            elif e.action.endswith("deliver_local"):
                 ep = e.param("endpoint_id")
                 _link(self._by_endpoint, ep, ekey, add)
                 units.append(("ep", ep))
@@ -288,7 +304,7 @@ class KernelState:
                 _link(self._fib_by_nh, e.param("next_hop_id"), ekey, add)
             return units
         if kind == "next_hop":
-            return [("route", k) for k in self._fib_by_nh.get(_exact(e, "next_hop_id"), ())]
+            return [("vxlan", 0), *(("route", k) for k in self._fib_by_nh.get(_exact(e, "next_hop_id"), ()))]
         if kind == "ipset":
             return (("ipset", _alias(table)),)
         if kind == "node_addr":
@@ -300,7 +316,8 @@ class KernelState:
     def set_port_names(self, names: Mapping[int, str]) -> Delta:
         """Change the port → interface name map; re-renders every unit that names interfaces."""
         self.port_names = dict(names)
-        dirty: set[Unit] = {u for u in self.units if u[0] in ("port", "ep", "route")}
+        dirty: set[Unit] = {u for u in self.units if u[0] in ("port", "ep", "route", "vxlan")}
+        dirty.add(("vxlan", 0))
         for e in self.entries.values():
             if e.alias == "port_info":
                 dirty.add(("port", _exact(e, "in_port")))
@@ -397,6 +414,14 @@ class KernelState:
             return self._render_route(cast(EntryKey, arg), problems)
         if kind == "ct":
             return self._render_ct_timeouts()
+        if kind == "vxlan":
+            return render_overlay(
+                self._by_table.get("ingress.next_hop", {}).values(),
+                self._host_fib.values(),
+                self.port_names,
+                self.vxlan_ifname,
+                problems,
+            )
         return {}
 
     def _render_port(self, port: int) -> Items:
@@ -589,6 +614,14 @@ class KernelState:
                     # The next hop itself is on-link; IPv6 refuses a gateway reached via a gateway.
                     return {(ROUTE, rkey): (None, name)}
                 return {(ROUTE, rkey): (nh.param("node_addr"), name)}
+            if ".via_vxlan_" in nh.action or nh.action.startswith("via_vxlan_"):
+                gw = gateway(v, next_hop_vtep(nh))
+                if gw is None:
+                    problems.append(f"next_hop {nh_id}: an IPv4 route cannot use an IPv6 VTEP; no route")
+                    return {}
+                # IPv4 via the VTEP itself, on-link on the device; IPv6 via a link-local address.
+                onlink = ("onlink",) if v == 4 else ()
+                return {(ROUTE, rkey): (gw, self.vxlan_ifname, *onlink)}
             problems.append(
                 f"next_hop {nh_id}: {nh.action.rsplit('.', 1)[-1]} is not supported by the kernel target"
             )

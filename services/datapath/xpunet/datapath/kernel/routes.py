@@ -18,6 +18,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from xpunet.datapath.kernel.render import ROUTE, Items
 from xpunet.datapath.kernel.ruleset import RT_PROTO_XPUNET
+from xpunet.datapath.kernel.vxlan import RTNH_F_ONLINK
 
 log = logging.getLogger(__name__)
 MAIN_TABLE = 254
@@ -45,7 +46,10 @@ class Routes:
             self._ipr = None
 
     async def read(self) -> Items:
-        """Our routes as items: ``(ROUTE, (version, dst, prefix_len)) → (gateway or None, ifname)``."""
+        """Our routes as items: ``(ROUTE, (version, dst, prefix_len)) → (gateway or None, ifname)``.
+
+        An on-link gateway (the overlay's IPv4 routes) adds a third part: ``"onlink"``.
+        """
         ipr = await self._route()
         names = {int(m["index"]): str(m.get("ifname")) async for m in await ipr.link("dump")}
         out: Items = {}
@@ -57,7 +61,10 @@ class Routes:
                 gw = m.get("gateway")
                 key = (version, int(ipaddress.ip_address(dst)) if dst else 0, int(m["dst_len"]))
                 gateway = int(ipaddress.ip_address(gw)) if gw else None
-                out[(ROUTE, key)] = (gateway, names.get(int(m.get("oif") or 0), ""))
+                value: tuple[object, ...] = (gateway, names.get(int(m.get("oif") or 0), ""))
+                if int(m.get("flags") or 0) & RTNH_F_ONLINK:
+                    value += ("onlink",)
+                out[(ROUTE, key)] = value
         return out
 
     async def apply(self, delete: Items, add: Items) -> list[str]:
@@ -75,7 +82,7 @@ class Routes:
                     errors.append(f"delete route {_addr(version, dst)}/{plen}: {exc}")
         for (_, key), value in add.items():
             version, dst, plen = cast(tuple[int, int, int], key)
-            gateway, ifname = cast(tuple[int | None, str], value)
+            gateway, ifname = cast(tuple[int | None, str], value)[:2]
             where = f"route {_addr(version, dst)}/{plen} dev {ifname}"
             try:
                 idx = await ipr.link_lookup(ifname=ifname)
@@ -90,6 +97,8 @@ class Routes:
                 }
                 if gateway is not None:
                     kw["gateway"] = _addr(version, gateway)
+                if "onlink" in cast(tuple[object, ...], value)[2:]:
+                    kw["flags"] = RTNH_F_ONLINK
                 await ipr.route("replace", **kw)
             except NetlinkError as exc:
                 errors.append(f"{where}: {exc}")

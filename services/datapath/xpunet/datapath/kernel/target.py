@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from xpunet.datapath.kernel.codec import delete_keys_script, parse_map_elements, parse_table, script
+from xpunet.datapath.kernel.links import Overlay
 from xpunet.datapath.kernel.nft import BackendName, Nft, choose_backend
 from xpunet.datapath.kernel.render import (
     AFFINITY_LIVE,
@@ -49,11 +50,13 @@ from xpunet.datapath.kernel.ruleset import (
     STATIC_COUNTERS,
     bootstrap_script,
 )
+from xpunet.datapath.kernel.vxlan import DEFAULT_IFNAME, FDB, LINK, NEIGH
 from xpunet.p4rt.errors import TargetError
 from xpunet.pipeline.diff import Batch, Update
 from xpunet.pipeline.entries import EntryKey, TableEntry
 
 log = logging.getLogger(__name__)
+OVERLAY = frozenset({LINK, FDB, NEIGH})
 
 AffinityPurges = dict[tuple[int, int], frozenset[tuple[int, int]]]
 """(IP version, backend group) → the group's backends now (empty: the group is gone)."""
@@ -124,11 +127,13 @@ class KernelTarget:
         netns: str = "",
         port_names: Mapping[int, str] | None = None,
         nft_backend: BackendName | None = None,
+        vxlan_ifname: str = DEFAULT_IFNAME,
     ) -> None:
         self.netns = netns
-        self.state = KernelState(port_names)
+        self.state = KernelState(port_names, vxlan_ifname=vxlan_ifname)
         self._nft = Nft(netns, backend=choose_backend(netns, nft_backend))
         self._routes = Routes(netns)
+        self._overlay = Overlay(netns, vxlan_ifname)
         self._started = False
 
     async def start(self) -> None:
@@ -151,6 +156,7 @@ class KernelTarget:
     async def close(self) -> None:
         await self._nft.close()
         await self._routes.close()
+        await self._overlay.close()
 
     async def _commit(self, delta: Delta) -> list[str]:
         t0 = time.perf_counter()
@@ -161,7 +167,12 @@ class KernelTarget:
         t2 = time.perf_counter()
         rdel = {k: v for k, v in delta.delete.items() if k[0] == ROUTE}
         radd = {k: v for k, v in delta.add.items() if k[0] == ROUTE}
-        errors = await self._routes.apply(rdel, radd) if rdel or radd else []
+        odel = {k: v for k, v in delta.delete.items() if k[0] in OVERLAY}
+        oadd = {k: v for k, v in delta.add.items() if k[0] in OVERLAY}
+        # The device, FDB and neighbours before the routes through them; gone after them.
+        errors = await self._overlay.apply_adds(oadd, odel) if oadd else []
+        errors += await self._routes.apply(rdel, radd) if rdel or radd else []
+        errors += await self._overlay.apply_deletes(odel, oadd) if odel else []
         purges = _affinity_purges(delta)
         if purges:
             await self.purge_affinity(purges)
@@ -218,6 +229,7 @@ class KernelTarget:
         doc = await self._nft.list_table()
         items: Items = parse_table(doc).items if doc is not None else {}
         items.update(await self._routes.read())
+        items.update(await self._overlay.read())
         return items
 
     async def reconcile(self, desired: Iterable[TableEntry]) -> ApplyResult:
@@ -295,9 +307,10 @@ class KernelTarget:
         return {n: raw.get(n, (0, 0)) for n in STATIC_COUNTERS}
 
     async def destroy(self) -> None:
-        """Remove the table and xpunet's routes (teardown of a node, never during operation)."""
+        """Remove the table, xpunet's routes and overlay objects (node teardown, never in operation)."""
         routes = await self._routes.read()
         await self._routes.apply(routes, {})
+        await self._overlay.apply_deletes(await self._overlay.read(), {})
         await self._nft.delete_table()
         self.state = KernelState(self.state.port_names)
         self._started = False
