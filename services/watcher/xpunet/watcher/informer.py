@@ -29,6 +29,7 @@ from kubernetes_asyncio import client
 
 from xpunet.bus.backoff import Backoff
 from xpunet.model import Kind
+from xpunet.watcher._aio import raise_if_cancelling
 from xpunet.watcher.feed import Feed
 from xpunet.watcher.state import ListPage, decode_list_page
 
@@ -117,6 +118,7 @@ class Informer:
                 self.resource_version = None
                 self._feed.metrics.relist(self.kind, "gone")
             except RETRYABLE as exc:
+                raise_if_cancelling()
                 attempt += 1
                 delay = self._opt.backoff.delay(attempt)
                 log.warning(

@@ -26,6 +26,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from xpunet.watcher._aio import raise_if_cancelling
 from xpunet.watcher.writer import LeadershipLostError
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class LeaderElector:
         try:
             won = await self._attempt(start)
         except _ERRORS as exc:
+            raise_if_cancelling()
             log.warning("%s: lease %s/%s: %s", o.identity, o.namespace, o.name, _describe(exc))
             return False
         if won:

@@ -26,6 +26,7 @@ from xpunet.bus.api import StateStore
 from xpunet.bus.backoff import Backoff
 from xpunet.bus.errors import BusError
 from xpunet.bus.tracing import inject_headers
+from xpunet.watcher._aio import raise_if_cancelling
 from xpunet.watcher.feed import Feed
 from xpunet.watcher.state import Change
 
@@ -72,6 +73,9 @@ class KVWriter:
             if not state.pending:
                 self.idle.set()
                 await self._notify()
+                # asyncio.wait_for in 3.11 (used under put_many) can swallow a cancellation
+                # that races with its result; do not go back to sleep if we were cancelled.
+                raise_if_cancelling()
                 await self._feed.wake.wait()
             self._feed.wake.clear()
             self.idle.clear()
@@ -84,6 +88,7 @@ class KVWriter:
                     await self._write(batch)
                 except BusError as exc:
                     state.failed(batch)
+                    raise_if_cancelling()
                     attempt += 1
                     delay = self._backoff.delay(attempt)
                     log.warning(
@@ -98,6 +103,7 @@ class KVWriter:
                     continue
                 attempt = 0
                 state.committed(batch)
+                raise_if_cancelling()
                 self.written += len(batch)
                 now = self._feed.clock()
                 deletes = sum(1 for c in batch if c.value is None)
