@@ -12,7 +12,8 @@ Node section: a real nats-server (embedded) holds S services x E endpoints
 policy intents of ``--policies`` rules over 100 IP sets on 50 local pods; a
 DatapathService (in this process) programs the softipu process from empty
 (timed from the service start to the target's last ack), then one service's
-backends change ``--changes`` times: intent KV write → target ack, p50/p99.
+backends change ``--changes`` times: intent KV write → target ack, p50/p99, and
+the share of each change spent in ``P4RuntimeTarget.apply`` (encode, Writes, acks).
 
     .venv/bin/python bench/datapath.py            # full size
     .venv/bin/python bench/datapath.py --quick    # a few seconds
@@ -31,13 +32,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from p4.v1 import p4runtime_pb2
 
+from xpunet.datapath.p4rt_target import P4RuntimeTarget
+from xpunet.datapath.target import ApplyResult
 from xpunet.p4rt.client import ClientSettings, P4RuntimeClient
 from xpunet.p4rt.p4info import parse_text
 from xpunet.p4rt.schema import encode_uint
+from xpunet.pipeline.diff import Update
 
 BENCH_P4INFO = """
 tables {
@@ -177,7 +182,6 @@ async def node_from_empty(
 ) -> dict[str, object]:
     from xpunet.bus.nats import connect as bus_connect
     from xpunet.datapath.intents import WRITTEN_AT_HEADER
-    from xpunet.datapath.p4rt_target import P4RuntimeTarget
     from xpunet.datapath.service import DatapathOptions, DatapathService
     from xpunet.embedded.nats import NatsServer
     from xpunet.wire import encode_object
@@ -192,7 +196,7 @@ async def node_from_empty(
             await intents.put_many(values)
             ports = {f"bench/pod{p}": 100 + p for p in range(50)}
             settings = ClientSettings(address=f"127.0.0.1:{port}", election_id=election_id, max_batch=1000)
-            target = P4RuntimeTarget(settings)
+            target = TimedTarget(settings)
             service = DatapathService(
                 node="n1",
                 options=DatapathOptions(coalesce=0.0, status_interval=1.0),
@@ -211,6 +215,9 @@ async def node_from_empty(
             rss_after_programming = {"bench_mb": rss_mb("self"), "softipu_mb": rss_mb(str(softipu_pid))}
             times: list[float] = []
             one_backend: list[float] = []
+            # The P4Runtime write's share of each change: time inside target.apply until the ack.
+            apply_all: list[float] = []
+            apply_one: list[float] = []
             pauses = gc_pauses()
             for i in range(2 * args.changes):
                 # First one backend of a service moves (a pod rescheduled: ~1/E of its buckets change),
@@ -218,6 +225,7 @@ async def node_from_empty(
                 whole = i >= args.changes
                 key, svc = changed_service(i, args, whole=whole)
                 t0 = time.perf_counter()
+                applies_before = len(target.apply_ms)
                 rev = await intents.put(
                     key,
                     encode_object(svc),
@@ -225,6 +233,7 @@ async def node_from_empty(
                 )
                 await service.wait_converged(rev)
                 (times if whole else one_backend).append((time.perf_counter() - t0) * 1000)
+                (apply_all if whole else apply_one).append(sum(target.apply_ms[applies_before:]))
             gc.callbacks.remove(pauses.callback)
             stopping.set()
             await task
@@ -240,10 +249,27 @@ async def node_from_empty(
         "from_empty_entries_per_s": round(entries / from_empty),
         "one_change_ack": percentiles(one_backend),  # one backend of one service replaced
         "all_backends_change_ack": percentiles(times),  # every backend of one service replaced
+        "one_change_target_apply": percentiles(apply_one),  # of which in P4RuntimeTarget.apply
+        "all_backends_change_target_apply": percentiles(apply_all),
         "rss_after_programming": rss_after_programming,
         "gc_during_changes": pauses.report(),
         "rss_peak_bench_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+
+
+class TimedTarget(P4RuntimeTarget):
+    """The P4Runtime target, recording how long each apply (encode, Writes, acks) took."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        super().__init__(settings)
+        self.apply_ms: list[float] = []
+
+    async def apply(self, phases: Sequence[Sequence[Update]]) -> ApplyResult:
+        start = time.perf_counter()
+        try:
+            return await super().apply(phases)
+        finally:
+            self.apply_ms.append((time.perf_counter() - start) * 1000)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
