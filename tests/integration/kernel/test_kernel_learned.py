@@ -158,6 +158,28 @@ async def test_a_remembered_backend_wins_over_the_hash(topo: Topology, target: K
         in_ns(topo.node, "nft", f"delete element inet xpunet aff4p {{ {key} }}")
 
 
+async def test_reconcile_purges_entries_whose_backend_or_group_went_while_no_datapath_ran(
+    topo: Topology, target: KernelTarget
+) -> None:
+    await target.apply(diff((), entries("web", "web2")))
+    client = ADDRS["client"][0]
+    stale = {
+        f"{MARK} . {client}": ADDRS["web3"][0],  # web3 is not in the group
+        f"{0x40000000 | 99} . {client}": ADDRS["web"][0],  # no group 99
+        f"{MARK} . 10.0.9.9": ADDRS["web2"][0],  # still right: kept
+    }
+    for key, backend in stale.items():
+        in_ns(topo.node, "nft", f"add element inet xpunet aff4 {{ {key} timeout 60s : {backend} }}")
+        in_ns(topo.node, "nft", f"add element inet xpunet aff4p {{ {key} timeout 60s : 8080 }}")
+    fresh = KernelTarget(netns=topo.node, port_names=target.state.port_names)
+    try:
+        result = await fresh.reconcile(entries("web", "web2"))
+        assert (result.added, result.deleted) == (0, 0)
+    finally:
+        await fresh.close()
+    assert {k: v[0] for k, v in learned(topo).items()} == {(MARK, "10.0.9.9"): ADDRS["web2"][0]}
+
+
 def conntrack_timeout(topo: Topology, *args: str) -> int:
     out = in_ns(topo.node, "conntrack", "-L", *args).stdout
     lines = [line for line in out.splitlines() if line.strip()]

@@ -45,6 +45,9 @@ AFFINITY_CT_MARK = 0x40000000
 """The connection-mark bit of flows to a ClientIP-affinity frontend; the low bits hold the group."""
 AFFINITY_GROUP_MASK = 0x01FFFFFF
 """The backend group in the connection mark (service port ids are < 2**24, so groups < 2**25)."""
+AFFINITY_KEY = f"ct mark and {AFFINITY_CT_MARK | AFFINITY_GROUP_MASK:#x}"
+"""The group part of an affinity entry's key: the mark without the SNAT bit, so every frontend of
+a group (ClusterIP, NodePort with SNAT) shares a client's entry, as in the pipeline."""
 RT_PROTO_XPUNET = 93
 """Route protocol number (``ip route ... proto 93``) of every route xpunet owns."""
 
@@ -261,8 +264,7 @@ def pick_chain_rules(name: str) -> list[str]:
     if how == "a":
         # The backend this client got before (learned by the group's affinity chain), if any:
         # dnat ends the chain.  A miss falls through to the hash, whose pick is then learned.
-        # The mark holds the affinity bit, the group (and the SNAT bit: fixed per frontend).
-        client = f"ct mark . {affinity_client(v)}"
+        client = f"{AFFINITY_KEY} . {affinity_client(v)}"
         out += [
             f"meta l4proto {l4} dnat {p} to {client} map @aff{v} : {client} map @aff{v}p"
             for l4 in L4_PROTOCOLS
@@ -287,8 +289,8 @@ def affinity_chain_rules(name: str) -> list[str]:
     t = f"timeout {m.group(1)}s"
     return [
         f"meta nfproto {fam} meta l4proto {l4} "
-        f"update @aff{v} {{ ct mark . {affinity_client(v)} {t} : {p} daddr }} "
-        f"update @aff{v}p {{ ct mark . {affinity_client(v)} {t} : {l4} dport }}"
+        f"update @aff{v} {{ {AFFINITY_KEY} . {affinity_client(v)} {t} : {p} daddr }} "
+        f"update @aff{v}p {{ {AFFINITY_KEY} . {affinity_client(v)} {t} : {l4} dport }}"
         for v, p, fam in ((4, "ip", "ipv4"), (6, "ip6", "ipv6"))
         for l4 in L4_PROTOCOLS
     ]

@@ -253,6 +253,13 @@ class KernelTarget:
             if have.get(k, delta) != v and not (k[0] == CT_TIMEOUT and k in have):
                 delta.add[k] = v
         route_errors = await self._commit(delta)
+        # Backends that left while no datapath ran: their learned affinity entries too.
+        live = {
+            cast(tuple[int, int], k[1]): frozenset(cast(tuple[tuple[int, int], ...], v))
+            for k, v in want.items()
+            if k[0] == AFFINITY_LIVE
+        }
+        await self.purge_affinity(live, complete=True)
         if delta:
             log.info(
                 "kernel target %s: reconciled, %d added, %d deleted",
@@ -262,18 +269,22 @@ class KernelTarget:
             )
         return ApplyResult(len(delta.add), len(delta.delete), self._problems(), tuple(route_errors))
 
-    async def purge_affinity(self, purges: AffinityPurges) -> int:
+    async def purge_affinity(self, purges: AffinityPurges, *, complete: bool = False) -> int:
         """Delete learned affinity entries of these groups whose backend left the group; returns how many.
 
         Runs after the transaction that removed the backends, so no new entry
-        can name them; an entry that expires meanwhile is skipped.
+        can name them; an entry that expires meanwhile is skipped.  With
+        ``complete`` (reconcile), ``purges`` holds every affinity group there
+        is, and entries of any other group go too.
         """
         stale: dict[str, list[tuple[object, ...]]] = {}
-        for v in sorted({v for v, _ in purges}):
+        for v in (4, 6) if complete else sorted({v for v, _ in purges}):
             addrs = parse_map_elements(await self._nft.list_map(f"aff{v}"), f"aff{v}")
             ports = parse_map_elements(await self._nft.list_map(f"aff{v}p"), f"aff{v}p")
             for (_, key), addr in addrs.items():
                 live = purges.get((v, cast(int, key[0]) & AFFINITY_GROUP_MASK))
+                if complete and live is None:
+                    live = frozenset()
                 if live is not None and (addr, ports.get((f"aff{v}p", key))) not in live:
                     stale.setdefault(f"aff{v}", []).append(key)
                     if (f"aff{v}p", key) in ports:
