@@ -105,8 +105,10 @@ def kernel_vxlan() -> Check:
         from xpunet.pipeline.lowering import NodeIntents, NodePorts, lower
     except ImportError as exc:
         return Check(False, f"the kernel target does not import: {exc}")
+    # The probe node needs a route of its own: the target takes its VTEP address from it.
+    own = NodeRoute("probe", ("10.0.1.0/24",), (), ("192.0.2.2",), "vxlan")
     route = NodeRoute("peer", ("10.0.0.0/24",), (), ("192.0.2.1",), "vxlan")
-    lowered = lower(NodeIntents(node="probe", routes=(route,)), NodePorts(uplinks=(2,)))
+    lowered = lower(NodeIntents(node="probe", routes=(own, route)), NodePorts(host=1, uplinks=(2,)))
     state = KernelState({2: UPLINK_IF})
     state.update([Update("INSERT", e) for e in lowered.entries])
     problems = [p for ps in state.problems.values() for p in ps]
