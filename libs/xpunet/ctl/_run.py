@@ -8,12 +8,10 @@ pyroute2's asyncio sockets, which uvloop cannot open (AF_NETLINK datagrams).
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
-log = logging.getLogger(__name__)
+from xpunet.runtime.signals import stop_on_signals
 
 
 def quiet_netlink_helpers() -> None:
@@ -36,30 +34,11 @@ def run_until_signal(
     """Run ``main(stop)``; the first SIGTERM/SIGINT sets ``stop``, a second cancels."""
 
     async def wrapper() -> int:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        task = asyncio.current_task()
-        seen = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal seen
-            seen += 1
-            if seen == 1:
-                log.info("%s received; stopping", signal.Signals(signum).name)
-                stop.set()
-            elif task is not None:
-                log.warning("second %s; abandoning the graceful stop", signal.Signals(signum).name)
-                task.cancel()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            return await main(stop)
-        except asyncio.CancelledError:
-            return 130
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+        with stop_on_signals() as stop:
+            try:
+                return await main(stop)
+            except asyncio.CancelledError:
+                return 130
 
     if loop == "asyncio":
         quiet_netlink_helpers()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Literal, NoReturn, TypeVar
@@ -31,6 +30,7 @@ from xpunet.runtime.host import ServiceFailedError, ServiceHost
 from xpunet.runtime.loader import load_settings
 from xpunet.runtime.logs import configure_logging
 from xpunet.runtime.settings import Settings, SettingsError
+from xpunet.runtime.signals import stop_on_signals
 from xpunet.runtime.telemetry import setup_telemetry
 
 __all__ = ["Bus", "RunFn", "ServiceContext", "Settings", "idle_run", "run_service"]
@@ -88,34 +88,15 @@ def _run_loop(host: ServiceHost[S]) -> int:
 
 
 async def _serve(host: ServiceHost[S]) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    main_task = asyncio.current_task()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info("%s received; stopping", signal.Signals(signum).name)
-            stop.set()
-        elif main_task is not None:
-            log.warning("second %s; abandoning the graceful stop", signal.Signals(signum).name)
-            main_task.cancel()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        await host.run(stop)
-    except ServiceFailedError as exc:
-        log.error("exiting with failure: %s", exc)
-        return EXIT_FAILED
-    except asyncio.CancelledError:
-        return EXIT_FAILED
-    except Exception:
-        log.exception("runtime failure")
-        return EXIT_FAILED
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+    with stop_on_signals() as stop:
+        try:
+            await host.run(stop)
+        except ServiceFailedError as exc:
+            log.error("exiting with failure: %s", exc)
+            return EXIT_FAILED
+        except asyncio.CancelledError:
+            return EXIT_FAILED
+        except Exception:
+            log.exception("runtime failure")
+            return EXIT_FAILED
     return EXIT_OK
