@@ -24,7 +24,7 @@ server-side consumer goes away at once rather than on inactivity.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, Self
 
@@ -149,3 +149,17 @@ class Bus(Protocol):
     async def drain(self) -> None:
         """Stop intake, deliver what is buffered, close."""
         ...
+
+
+async def snapshot(store: StateStore, prefix: str = "") -> AsyncIterator[KVEntry]:
+    """The current values under ``prefix``: a watch read up to its InSync, then closed."""
+    watch = store.watch(prefix)
+    try:
+        async for item in watch:
+            if isinstance(item, InSync):
+                return
+            yield item
+    finally:
+        close = getattr(watch, "aclose", None)
+        if close is not None:
+            await close()

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpunet.model import K8sObject, Kind
+from xpunet.model.keys import object_key
 from xpunet.testing.kubeapi import namespace_obj, network_policy, node, pod
 from xpunet.watcher.state import (
     MirrorState,
     decode_list_page,
-    object_key,
     raw_key,
     sync_key,
     sync_marker,

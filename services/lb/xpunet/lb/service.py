@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, KVEntry, StateStore
+from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, KVEntry, StateStore, snapshot
 from xpunet.bus.tracing import CauseTracker, flush_span, source_attributes, written_at_headers
 from xpunet.ir.lb import (
     GLOBAL_SERVICE_PREFIX,
@@ -41,6 +41,7 @@ from xpunet.ir.lb import (
 )
 from xpunet.lb.coldstart import ColdStart
 from xpunet.lb.state import Changes, LbCompiler
+from xpunet.model.keys import parse_object_key as parse_k8s_key
 from xpunet.model.objects import EndpointSlice, Kind, Node, Service
 from xpunet.runtime.context import ServiceContext
 from xpunet.runtime.pacing import pace_flushes
@@ -96,18 +97,9 @@ def is_lb_intent_key(key: str) -> bool:
 
 
 def parse_object_key(key: str) -> tuple[Kind, str | None, str] | None:
-    """``<kind>.<ns>.<name>`` (or ``node.<name>``) → (kind, namespace, name); None for other keys."""
-    kind_text, _, rest = key.partition(".")
-    try:
-        kind = Kind(kind_text)
-    except ValueError:
-        return None
-    if kind not in WATCHED or not rest:
-        return None
-    if kind is Kind.NODE:
-        return kind, None, rest
-    ns, _, name = rest.partition(".")
-    return (kind, ns, name) if ns and name else None
+    """(kind, namespace, name) of a watched object's key; None for other keys."""
+    parsed = parse_k8s_key(key)
+    return parsed if parsed is not None and parsed[0] in WATCHED else None
 
 
 class _Metrics:
@@ -133,20 +125,6 @@ class _Metrics:
         )
 
 
-async def _snapshot(store: StateStore, prefix: str) -> AsyncIterator[KVEntry]:
-    """The current values under ``prefix`` (a watch up to its InSync)."""
-    watch = store.watch(prefix)
-    try:
-        async for item in watch:
-            if isinstance(item, InSync):
-                return
-            yield item
-    finally:
-        close = getattr(watch, "aclose", None)
-        if close is not None:
-            await close()
-
-
 async def load_existing(
     intents: StateStore, status: StateStore
 ) -> tuple[dict[str, LbIntent], dict[str, LbRejection]]:
@@ -154,7 +132,7 @@ async def load_existing(
     found: dict[str, LbIntent] = {}
     undecodable: list[str] = []
     for prefix in ("global.lb.", "node."):
-        async for entry in _snapshot(intents, prefix):
+        async for entry in snapshot(intents, prefix):
             if entry.value is None or not is_lb_intent_key(entry.key):
                 continue
             try:
@@ -171,7 +149,7 @@ async def load_existing(
         # A placeholder the first flush overwrites or deletes.
         found[key] = LbNodeAddresses(node="")
     rejections: dict[str, LbRejection] = {}
-    async for entry in _snapshot(status, REJECTED_PREFIX):
+    async for entry in snapshot(status, REJECTED_PREFIX):
         if entry.value is None:
             continue
         try:

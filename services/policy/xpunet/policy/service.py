@@ -23,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, KVEntry, StateStore
+from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S, BUCKET_STATUS, InSync, KVEntry, StateStore, snapshot
 from xpunet.bus.tracing import CauseTracker, flush_span, source_attributes, written_at_headers
 from xpunet.ir.policy import (
     GLOBAL_IPSET_PREFIX,
@@ -40,6 +40,7 @@ from xpunet.ir.policy import (
     rejection_key,
 )
 from xpunet.model.errors import ModelError
+from xpunet.model.keys import parse_object_key as parse_k8s_key
 from xpunet.model.objects import Kind, Namespace, NetworkPolicy, Pod
 from xpunet.policy.compiler import DEFAULT_GLOBAL_SET_NODES, PolicyCompiler
 from xpunet.runtime.context import ServiceContext
@@ -72,18 +73,9 @@ class Settings(BaseSettings):
 
 
 def parse_object_key(key: str) -> tuple[Kind, str | None, str] | None:
-    """``pod.<ns>.<name>``, ``networkpolicy.<ns>.<name>``, ``namespace.<name>``; None for other keys."""
-    kind_text, _, rest = key.partition(".")
-    try:
-        kind = Kind(kind_text)
-    except ValueError:
-        return None
-    if kind not in WATCHED or not rest:
-        return None
-    if kind is Kind.NAMESPACE:
-        return kind, None, rest
-    ns, _, name = rest.partition(".")
-    return (kind, ns, name) if ns and name else None
+    """(kind, namespace, name) of a watched object's key; None for other keys."""
+    parsed = parse_k8s_key(key)
+    return parsed if parsed is not None and parsed[0] in WATCHED else None
 
 
 class _Metrics:
@@ -111,28 +103,14 @@ class _Metrics:
         )
 
 
-async def _snapshot(store: StateStore, prefix: str) -> AsyncIterator[KVEntry]:
-    """The current values under ``prefix`` (a watch up to its InSync)."""
-    watch = store.watch(prefix)
-    try:
-        async for item in watch:
-            if isinstance(item, InSync):
-                return
-            yield item
-    finally:
-        close = getattr(watch, "aclose", None)
-        if close is not None:
-            await close()
-
-
 async def load_existing(intents: StateStore, status: StateStore) -> tuple[dict[str, bytes], set[str]]:
     """Policy intent values and rejection reports a previous run left behind."""
     found: dict[str, bytes] = {}
     for prefix in ("node.", GLOBAL_IPSET_PREFIX):
-        async for entry in _snapshot(intents, prefix):
+        async for entry in snapshot(intents, prefix):
             if entry.value is not None and is_policy_intent_key(entry.key):
                 found[entry.key] = entry.value
-    reports = {e.key async for e in _snapshot(status, REJECTED_PREFIX) if e.value is not None}
+    reports = {e.key async for e in snapshot(status, REJECTED_PREFIX) if e.value is not None}
     return found, reports
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from xpunet.model import K8sObject, Kind, ModelError
+from xpunet.model.keys import DEFAULT_NAMESPACE, NAMESPACED, object_key
 from xpunet.model.parse import (
     parse_endpoint_slice,
     parse_namespace,
@@ -52,9 +53,6 @@ PARSERS: Final[Mapping[Kind, Callable[[Mapping[str, Any]], K8sObject]]] = {
     Kind.ENDPOINT_SLICE: parse_endpoint_slice,
     Kind.NETWORK_POLICY: parse_network_policy,
 }
-NAMESPACED: Final[frozenset[Kind]] = frozenset(
-    {Kind.POD, Kind.SERVICE, Kind.ENDPOINT_SLICE, Kind.NETWORK_POLICY}
-)
 # API kind names ("Pod") → our Kind, for manifests and watch events.
 API_KINDS: Final[Mapping[str, Kind]] = {
     "Pod": Kind.POD,
@@ -66,14 +64,6 @@ API_KINDS: Final[Mapping[str, Kind]] = {
 }
 SYNC_PREFIX: Final = "sync"
 SYNC_SCHEMA: Final = "xpunet.sync"
-DEFAULT_NAMESPACE: Final = "default"
-
-
-def object_key(kind: Kind, namespace: str | None, name: str) -> str:
-    """``<kind>.<namespace>.<name>`` for namespaced kinds, ``<kind>.<name>`` otherwise."""
-    if kind in NAMESPACED:
-        return f"{kind.value}.{namespace or DEFAULT_NAMESPACE}.{name}"
-    return f"{kind.value}.{name}"
 
 
 def sync_key(kind: Kind) -> str:
