@@ -1,0 +1,284 @@
+"""The loop every compiler service runs (policy, lb): ``xpunet-k8s`` watches in, changed intent keys out.
+
+A compiler service watches some kinds of ``xpunet-k8s`` plus the watcher's
+``sync.<kind>`` markers, feeds each decoded object to its pure compiler, and
+writes what the compiler says changed.  Everything around the compiler is the
+same for every one of them and lives here:
+
+* **In-sync gating.**  Nothing is flushed until every watch has delivered its
+  snapshot (``InSync``) *and* the ``sync.<kind>`` marker of every watched kind
+  exists, so a partial view never sweeps a node's intents.
+* **Coalescing and pacing.**  Input only marks the service dirty; flushes run
+  in :func:`xpunet.runtime.pacing.pace_flushes` (a change after a quiet spell
+  at once, a burst at most once per ``flush_interval``).
+* **Writes.**  A flush takes the compiler's encoded changes (only changed keys;
+  ``None`` deletes) and writes status reports first, then intents, each in one
+  pipelined ``put_many`` stamped with the trace context and ``xpunet-written-at``.
+* **Telemetry.**  One ``<name>.compile`` span per flush (child of the first live
+  change it compiles, linked to the others); the ``xpunet_<name>_*`` metrics.
+* **Bad input.**  A value that does not decode, or an object under another
+  kind's key, is logged, counted and handed to the compiler (which may report
+  it); the service carries on.
+
+A compiler plugs in through :class:`IncrementalCompiler`.  The services keep
+their own classes (``PolicyService``, ``LbService``) as thin subclasses that
+build their adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from opentelemetry import trace
+from opentelemetry.metrics import Meter
+from opentelemetry.trace import Tracer
+
+from xpunet.bus.api import InSync, KVEntry, StateStore
+from xpunet.bus.tracing import CauseTracker, flush_span, source_attributes, written_at_headers
+from xpunet.model.keys import parse_object_key as parse_k8s_key
+from xpunet.model.objects import EndpointSlice, K8sObject, Kind, Namespace, NetworkPolicy, Node, Pod, Service
+from xpunet.runtime.pacing import pace_flushes
+from xpunet.wire import WireError, decode_k8s
+
+logger = logging.getLogger(__name__)
+
+SYNC_PREFIX = "sync."
+
+# The class each kind's key must hold: anything else under it is bad input.
+_KIND_TYPES: dict[Kind, type[K8sObject]] = {
+    Kind.POD: Pod,
+    Kind.NAMESPACE: Namespace,
+    Kind.NODE: Node,
+    Kind.SERVICE: Service,
+    Kind.ENDPOINT_SLICE: EndpointSlice,
+    Kind.NETWORK_POLICY: NetworkPolicy,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    """One flush's encoded writes (``None``: delete) and how many new rejection reports it holds."""
+
+    intents: dict[str, bytes | None] = field(default_factory=dict)
+    status: dict[str, bytes | None] = field(default_factory=dict)
+    rejected: int = 0  # counted in xpunet_<name>_rejected_total
+
+
+class IncrementalCompiler(Protocol):
+    """What a compiler service plugs into :class:`CompilerService` (an adapter over its pure compiler)."""
+
+    def upsert(self, kind: Kind, obj: K8sObject) -> None:
+        """A watched object was created or changed (``obj`` is of ``kind``'s class)."""
+
+    def delete(self, kind: Kind, namespace: str | None, name: str) -> None:
+        """A watched object was deleted."""
+
+    def undecodable(self, kind: Kind, namespace: str | None, name: str, error: WireError) -> None:
+        """A watched key holds a value that does not decode (already logged and counted)."""
+
+    def flush(self) -> FlushResult:
+        """Compile what changed since the last flush; encoded changed keys only."""
+
+    def flushed(self) -> None:
+        """The flush's writes are done (e.g. end cold-start measures)."""
+
+
+class CompilerMetrics:
+    """The ``xpunet_<service>_*`` instruments every compiler service exports."""
+
+    def __init__(self, meter: Meter, service: str, *, rejected: str) -> None:
+        self.rejected = meter.create_counter(f"xpunet_{service}_rejected_total", description=rejected)
+        self.bad_messages = meter.create_counter(
+            f"xpunet_{service}_bad_messages_total", description="xpunet-k8s values that could not be decoded"
+        )
+        self.writes = meter.create_counter(
+            f"xpunet_{service}_intent_writes_total", description="Intent keys written"
+        )
+        self.deletes = meter.create_counter(
+            f"xpunet_{service}_intent_deletes_total", description="Intent keys deleted"
+        )
+        self.flush_seconds = meter.create_histogram(
+            f"xpunet_{service}_flush_seconds", unit="s", description="Compile, encode and write of one flush"
+        )
+        self.change_to_intent = meter.create_histogram(
+            f"xpunet_{service}_change_to_intent_seconds",
+            unit="s",
+            description="Earliest change of a flush (its written-at, else arrival) to its intents written",
+        )
+
+
+class CompilerService:
+    """Feeds an :class:`IncrementalCompiler` from KV watches and writes its output."""
+
+    def __init__(
+        self,
+        compiler: IncrementalCompiler,
+        *,
+        name: str,
+        watched: Sequence[Kind],
+        k8s: StateStore,
+        intents: StateStore,
+        status: StateStore,
+        flush_interval: float,
+        metrics: CompilerMetrics | None = None,
+        tracer: Tracer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._target = compiler
+        self.name = name
+        self.watched = tuple(watched)
+        self._k8s = k8s
+        self._intents = intents
+        self._status = status
+        self._flush_interval = flush_interval
+        self.metrics = metrics
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._clock = clock  # wall clock: written-at headers are compared across processes
+        self._causes = CauseTracker(clock=clock)
+        self._dirty = asyncio.Event()
+        self._dirty_flag = False  # something arrived since the last flush (for the final flush)
+        self._in_sync_watches: set[str] = set()
+        self._sync_markers: set[str] = set()
+        self.synced = asyncio.Event()  # set after the first full flush
+        self.flushes = 0
+
+    @property
+    def ready_to_flush(self) -> bool:
+        """Every watch delivered its snapshot and every watched kind's sync marker exists."""
+        return len(self._in_sync_watches) == len(self.watched) + 1 and self._sync_markers >= {
+            k.value for k in self.watched
+        }
+
+    def parse_object_key(self, key: str) -> tuple[Kind, str | None, str] | None:
+        """(kind, namespace, name) of a watched object's key; None for other keys."""
+        parsed = parse_k8s_key(key)
+        return parsed if parsed is not None and parsed[0] in self.watched else None
+
+    def prefixes(self) -> list[str]:
+        return [f"{k.value}." for k in self.watched] + [SYNC_PREFIX]
+
+    async def consume(self, prefix: str) -> None:
+        async for item in self._k8s.watch(prefix):
+            if isinstance(item, InSync):
+                self._in_sync_watches.add(prefix)
+                self._mark_dirty()
+                continue
+            if prefix in self._in_sync_watches:
+                # A live change (snapshot values describe state, not a change to trace or time).
+                self._causes.note(item.key, item.headers)
+            self.apply(item)
+
+    def _mark_dirty(self) -> None:
+        self._dirty_flag = True
+        self._dirty.set()
+
+    def apply(self, entry: KVEntry) -> None:
+        """One ``xpunet-k8s`` change into the compiler (bad values are reported, never raised)."""
+        if entry.key.startswith(SYNC_PREFIX):
+            kind = entry.key[len(SYNC_PREFIX) :]
+            if entry.value is None:
+                self._sync_markers.discard(kind)
+            else:
+                self._sync_markers.add(kind)
+            self._mark_dirty()
+            return
+        parsed = self.parse_object_key(entry.key)
+        if parsed is None:
+            return
+        kind, ns, name = parsed
+        self._mark_dirty()
+        if entry.value is None:
+            self._target.delete(kind, ns, name)
+            return
+        try:
+            obj = decode_k8s(entry.value)
+        except WireError as exc:
+            logger.warning("%s: skipping undecodable %s: %s", self.name, entry.key, exc)
+            if self.metrics:
+                self.metrics.bad_messages.add(1)
+            self._target.undecodable(kind, ns, name, exc)
+            return
+        if not isinstance(obj, _KIND_TYPES[kind]):
+            logger.warning(
+                "%s: skipping %s: a %s under a %s key", self.name, entry.key, type(obj).__name__, kind.value
+            )
+            return
+        self._target.upsert(kind, obj)
+
+    async def flush_loop(self, stopping: asyncio.Event) -> None:
+        """Flush at once after a quiet spell, at most once per flush interval in a burst."""
+        await pace_flushes(
+            self._dirty, self._flush_when_ready, interval=self._flush_interval, stopping=stopping
+        )
+
+    async def _flush_when_ready(self) -> None:
+        if self.ready_to_flush:
+            await self.flush()
+
+    async def flush(self) -> FlushResult:
+        """Compile what changed and write it (status reports first); returns what was written."""
+        causes = self._causes.take()
+        attributes = source_attributes(causes, self.parse_object_key)
+        with flush_span(self._tracer, f"{self.name}.compile", causes, attributes) as span:
+            result = await self._write(written_at_headers(causes, self._clock()))
+            span.set_attribute("xpunet.intent.keys", len(result.intents))
+            span.set_attribute("xpunet.intent.deletes", sum(1 for v in result.intents.values() if v is None))
+            span.set_attribute("xpunet.status.keys", len(result.status))
+        if self.metrics and result.intents and causes.count:
+            now = self._clock()
+            self.metrics.change_to_intent.record(max(0.0, now - causes.written_at(now)))
+        return result
+
+    async def _write(self, headers: Mapping[str, str]) -> FlushResult:
+        started = time.perf_counter()
+        self._dirty_flag = False
+        result = self._target.flush()
+        # Reports first: whoever sees the new intents can already read why input was skipped.
+        if result.status:
+            await self._status.put_many(result.status, headers=headers)
+        if result.intents:
+            await self._intents.put_many(result.intents, headers=headers)
+        self.flushes += 1
+        deletes = sum(1 for v in result.intents.values() if v is None)
+        if self.metrics:
+            self.metrics.writes.add(len(result.intents) - deletes)
+            self.metrics.deletes.add(deletes)
+            if result.rejected:
+                self.metrics.rejected.add(result.rejected)
+            self.metrics.flush_seconds.record(time.perf_counter() - started)
+        if result.intents:
+            logger.info(
+                "%s: wrote %s intent keys (%s deletes) in %.1f ms",
+                self.name,
+                len(result.intents),
+                deletes,
+                (time.perf_counter() - started) * 1000,
+            )
+        self.synced.set()
+        self._target.flushed()
+        return result
+
+    async def run(self, stopping: asyncio.Event, *, on_synced: Callable[[], None] | None = None) -> None:
+        """Watch, compile and write until ``stopping``; then a last flush of what already arrived."""
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self.consume(p), name=f"watch {p}") for p in self.prefixes()]
+            flusher = tg.create_task(self.flush_loop(stopping), name="flush")
+            if on_synced is not None:
+                tg.create_task(_call_when(self.synced, on_synced), name="ready")
+            await stopping.wait()
+            for task in tasks:
+                task.cancel()
+            flusher.cancel()
+        # Only once in sync: never sweep a partial view.
+        if self.ready_to_flush and self._dirty_flag:
+            await self.flush()
+
+
+async def _call_when(event: asyncio.Event, callback: Callable[[], None]) -> None:
+    await event.wait()
+    callback()
