@@ -15,10 +15,12 @@ P4SHELL_STAMP := $(P4SHELL_VENV)/.installed
 P4SHELL_REQS := tests/integration/softipu/p4shell-requirements.txt
 # Debian packages: the kernel tools the host target and the tests drive, and
 # real BGP daemons used as peers.
-APT_PACKAGES := iproute2 nftables conntrack procps containernetworking-plugins iptables iputils-ping
+APT_PACKAGES := iproute2 nftables conntrack procps containernetworking-plugins iptables iputils-ping gcc libc6-dev
 PYTEST_ARGS ?=
+# The compiled CNI forwarding shim (docs/cni.md "Agent"); falls back to the Python plugin beside it.
+CNI_SHIM := $(BIN)/xpunet-cni-shim
 
-.PHONY: demo test lint typecheck contracts unit integration e2e bench deps apt venv gen clean
+.PHONY: demo test lint typecheck contracts unit integration e2e bench deps apt venv gen clean cni-shim
 
 demo: deps
 	$(BIN)/xpunetctl demo
@@ -44,7 +46,7 @@ e2e: deps
 bench: deps
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
-deps: apt $(STAMP) $(GEN_STAMP) $(P4SHELL_STAMP)
+deps: apt $(STAMP) $(GEN_STAMP) $(P4SHELL_STAMP) $(CNI_SHIM)
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -69,6 +71,11 @@ $(STAMP): pyproject.toml requirements.lock
 $(GEN_STAMP): $(STAMP) tools/gen_protos.py $(shell find protos -name "*.proto")
 	$(PY) tools/gen_protos.py
 	mkdir -p $(dir $@) && touch $@
+
+cni-shim: $(CNI_SHIM)
+
+$(CNI_SHIM): cni-shim/xpunet-cni.c $(STAMP)
+	$(CC) -O2 -Wall -Wextra -Werror -std=c11 -DXPUNET_CNI_FALLBACK='"$(abspath $(BIN))/xpunet-cni"' -o $@ $<
 
 $(P4SHELL_STAMP): $(P4SHELL_REQS)
 	test -x $(P4SHELL_VENV)/bin/python || $(PYTHON) -m venv $(P4SHELL_VENV)

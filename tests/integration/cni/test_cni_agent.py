@@ -25,27 +25,35 @@ def _exists(path: str) -> bool:
     return Path(path).exists()
 
 
+@pytest.mark.parametrize("plugin", [runtime.SHIM_CNI_BIN, runtime.PY_CNI_BIN], ids=["shim", "python"])
 async def test_agent_runs_add_check_del(
-    start_server: ServerFactory, settings: AttachSettings, host_ns: str, pod_ns: PodNs, tmp_path: Path
+    start_server: ServerFactory,
+    settings: AttachSettings,
+    host_ns: str,
+    pod_ns: PodNs,
+    tmp_path: Path,
+    plugin: Path,
 ) -> None:
     agent_socket = str(tmp_path / "agent.sock")
     server = await start_server(cni_agent_socket=agent_socket)
     assert server.cni_agent is not None
     conf = runtime.netconf(settings.socket_path, agent_socket=agent_socket)
     pod = pod_ns()
-    add = await run_plugin(host_ns, "ADD", conf, container_id="ag1", netns_name=pod)
+    add = await run_plugin(host_ns, "ADD", conf, container_id="ag1", netns_name=pod, plugin=plugin)
     assert add.rc == 0, add
     assert add.out is not None
     assert [ip["address"] for ip in add.out["ips"]] == ["10.244.7.2/32", "fd00:10:244:7::2/128"]
     assert server.cni_agent.served == 1
     await run_command("ip", "netns", "exec", host_ns, "ping", "-c1", "-W2", "10.244.7.2")
 
-    check = await run_plugin(host_ns, "CHECK", conf, container_id="ag1", netns_name=pod)
+    check = await run_plugin(host_ns, "CHECK", conf, container_id="ag1", netns_name=pod, plugin=plugin)
     assert (check.rc, check.out) == (0, None), check
-    missing = await run_plugin(host_ns, "ADD", conf, container_id="ag2", netns_path="/run/netns/xpt-gone")
+    missing = await run_plugin(
+        host_ns, "ADD", conf, container_id="ag2", netns_path="/run/netns/xpt-gone", plugin=plugin
+    )
     assert missing.out is not None
     assert missing.out["code"] == errors.UNKNOWN_CONTAINER
-    delete = await run_plugin(host_ns, "DEL", conf, container_id="ag1", netns_name=pod)
+    delete = await run_plugin(host_ns, "DEL", conf, container_id="ag1", netns_name=pod, plugin=plugin)
     assert (delete.rc, delete.out) == (0, None), delete
     assert server.cni_agent.served == 4
     assert await link_names(pod) == ["lo"]

@@ -1,7 +1,8 @@
 """The resident CNI agent ("thick plugin" mode): runs xpunet-cni's verbs with grpc and pyroute2 loaded.
 
-The exec'ed `xpunet-cni` sends one JSON line `{"env": {CNI_*...}, "stdin": "<config>"}`
-on a unix socket and reads back `{"code": N, "stdout": "..."}`.  Each request
+The exec'ed `xpunet-cni` (the C shim or main.py) sends its CNI_* environment
+and stdin on a unix socket and reads back the exit code and stdout (framing
+in wire.py).  Each request
 runs `verbs.run` in a worker thread; the workers enter the host network
 namespace once at start (`netns`, for a datapath whose pods' host is not its
 own namespace, as in tests), so the verbs see the same host side as the
@@ -18,14 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from xpunet.datapath.cni.main import DEFAULT_AGENT_SOCKET, MAX_REPLY
+from xpunet.datapath.cni.main import DEFAULT_AGENT_SOCKET
+from xpunet.datapath.cni.wire import MAX_MESSAGE, WireError, decode_request, encode_reply
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class CniAgent:
 
         path = Path(self.socket_path)
         _prepare_socket_path(path)
-        self._server = await asyncio.start_unix_server(self._handle, path=str(path), limit=MAX_REPLY)
+        self._server = await asyncio.start_unix_server(self._handle, path=str(path))
         os.chmod(path, 0o600)
         log.info("cni agent listening on %s", path)
 
@@ -75,18 +76,20 @@ class CniAgent:
         from xpunet.datapath.cni.verbs import run
 
         try:
-            line = await reader.readline()
-            request = json.loads(line)
-            env = {str(k): str(v) for k, v in request["env"].items()}
-            stdin = str(request["stdin"]).encode()
-        except (ValueError, KeyError, TypeError, AttributeError, asyncio.LimitOverrunError) as exc:
+            data = b""
+            while len(data) <= MAX_MESSAGE and (chunk := await reader.read(65536)):
+                data += chunk  # to the end of the stream: the plugin shuts down its sending side
+            if len(data) > MAX_MESSAGE:
+                raise WireError(f"request longer than {MAX_MESSAGE} bytes")
+            env, stdin, legacy = decode_request(data)
+        except (WireError, OSError) as exc:
             log.warning("cni agent: bad request: %s", exc)
             writer.close()
             return
         code, output = await asyncio.get_running_loop().run_in_executor(self._pool, run, env, stdin)
         self.served += 1
         try:
-            writer.write(json.dumps({"code": code, "stdout": output}).encode() + b"\n")
+            writer.write(encode_reply(code, output, legacy=legacy))
             await writer.drain()
         except OSError as exc:
             # The plugin went away (killed by its runtime); the verb is done and idempotent.

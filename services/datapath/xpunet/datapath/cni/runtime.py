@@ -20,7 +20,10 @@ from typing import Any
 
 from pyroute2 import netns
 
-CNI_BIN = Path(sys.executable).parent / "xpunet-cni"
+PY_CNI_BIN = Path(sys.executable).parent / "xpunet-cni"  # the console script
+SHIM_CNI_BIN = Path(sys.executable).parent / "xpunet-cni-shim"  # the C shim (`make cni-shim`)
+# What a node installs as the CNI binary: the shim, which execs the console script when it cannot forward.
+CNI_BIN = SHIM_CNI_BIN if SHIM_CNI_BIN.exists() else PY_CNI_BIN
 PLUGIN_DIR = Path("/usr/lib/cni")
 
 
