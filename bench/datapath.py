@@ -208,9 +208,17 @@ async def node_from_empty(
             )
             stopping = asyncio.Event()
             start = time.perf_counter()
+            cpu_start = time.process_time()
+            softipu_cpu_start = cpu_seconds(str(softipu_pid))
             task = asyncio.create_task(service.run(stopping))
             await service.wait_converged()
             from_empty = time.perf_counter() - start
+            from_empty_cpu = {
+                "bench_s": round(time.process_time() - cpu_start, 2),  # the datapath runs in this process
+                "softipu_s": round(cpu_seconds(str(softipu_pid)) - softipu_cpu_start, 2),
+                "last_pass_by_stage_s": {k: round(v, 2) for k, v in service.last_pass_cpu.items()},
+            }
+            rss_peak_programming = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             entries = len(service.reconciler.applied)
             rss_after_programming = {"bench_mb": rss_mb("self"), "softipu_mb": rss_mb(str(softipu_pid))}
             times: list[float] = []
@@ -247,6 +255,8 @@ async def node_from_empty(
         "entries": entries,
         "from_empty_s": round(from_empty, 2),
         "from_empty_entries_per_s": round(entries / from_empty),
+        "from_empty_cpu": from_empty_cpu,
+        "rss_peak_bench_mb_programming": rss_peak_programming,
         "one_change_ack": percentiles(one_backend),  # one backend of one service replaced
         "all_backends_change_ack": percentiles(times),  # every backend of one service replaced
         "one_change_target_apply": percentiles(apply_one),  # of which in P4RuntimeTarget.apply
@@ -319,6 +329,12 @@ def rss_mb(pid: str) -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
+
+
+def cpu_seconds(pid: str) -> float:
+    """User + system CPU seconds of a process (``self`` or a pid), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def changed_service(i: int, args: argparse.Namespace, *, whole: bool) -> tuple[str, object]:

@@ -418,9 +418,19 @@ def lower_service(
         g.adds = adds
         g.delta = (previous, touched)
     else:
+        adds = g.adds
+        before = dict(adds)  # the few non-bucket adds
+        expected = len(adds)
         for entries in g.bulk.values():
-            for e in entries:
-                g.put(e)
+            # Bucket keys are distinct (one group id and bucket each) and in their own table, so a
+            # plain update adds them all; the count proves it, else they go one by one (first wins).
+            adds.update({e.key: e for e in entries})
+            expected += len(entries)
+        if len(adds) != expected:
+            g.adds = before
+            for entries in g.bulk.values():
+                for e in entries:
+                    g.put(e)
     return g
 
 
