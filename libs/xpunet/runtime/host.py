@@ -36,6 +36,28 @@ S = TypeVar("S", bound=Settings)
 # Services that run once per node; their bus identity carries the node name.
 PER_NODE_SERVICES = frozenset({"datapath"})
 _DRAIN_TIMEOUT = 5.0
+# How often a connect attempt that outlived its cancel is cancelled again (see ``_connect``).
+_RECANCEL_INTERVAL = 0.5
+
+
+async def _abandon_connect(connecting: asyncio.Task[NatsBus]) -> None:
+    """Cancel a connect attempt and wait until it has ended; close the bus if it got through anyway."""
+    # The cancelled connect closes its half-open connection itself
+    # (``xpunet.bus.nats.connect``).  Python 3.11's ``wait_for`` (inside
+    # nats-py) drops a cancel that arrives just as its inner step completes,
+    # and the attempt then goes on: cancel again until it has ended.  Waited
+    # for, not awaited, so that a cancellation of our own still reaches us.
+    while not connecting.done():
+        connecting.cancel()
+        await asyncio.wait({connecting}, timeout=_RECANCEL_INTERVAL)
+    if connecting.cancelled():
+        return
+    if (error := connecting.exception()) is not None:
+        log.info("abandoned connect attempt ended: %s", error)
+        return
+    # It completed despite the cancel: the bus is up and only we hold it, so
+    # close it rather than leave its socket to the garbage collector.
+    await connecting.result().close()
 
 
 class ServiceFailedError(Exception):
@@ -133,15 +155,14 @@ class ServiceHost(Generic[S]):
         stopped = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if connecting.done():
+                return connecting.result()
+            log.info("stop requested before NATS was reachable")
+            return None
         finally:
             stopped.cancel()
-        if connecting.done():
-            return connecting.result()
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connecting
-        log.info("stop requested before NATS was reachable")
-        return None
+            if not connecting.done():  # stopped, or we were cancelled ourselves
+                await _abandon_connect(connecting)
 
     def _register_metrics(self, ctx: ServiceContext[S]) -> None:
         from opentelemetry.metrics import CallbackOptions, Observation

@@ -254,6 +254,16 @@ class LeanClient(Client):
             raise RuntimeError(f"nats-py numbered subscription {sub._id}, expected {sid}")
         return sub
 
+    async def _connect_to_server(self, s: Any) -> None:
+        # nats-py keeps one transport and replaces its stream on every attempt.
+        # When a reconnect attempt's handshake fails (no INFO or PONG in time,
+        # -ERR), its reconnect loop retries without closing that stream, and
+        # the replaced socket stays open until the garbage collector finds it.
+        # Close whatever the transport holds first; a closed stream ignores it.
+        if self._transport is not None:
+            self._transport.close()  # type: ignore[no-untyped-call]  # nats-py leaves Transport.close unannotated
+        await super()._connect_to_server(s)
+
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         super()._remove_sub(sid, max_msgs)
         self._direct.pop(sid, None)

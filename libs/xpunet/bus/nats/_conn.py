@@ -192,6 +192,18 @@ class NatsBus:
             await self.client.close()
 
 
+# Closes in progress that a second cancel left running (a task needs a strong reference).
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _close_shielded(client: LeanClient) -> None:
+    """Close ``client``; a cancel while this waits does not stop the close (its socket is closed anyway)."""
+    closing = asyncio.ensure_future(client.close())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
+    await asyncio.shield(closing)
+
+
 async def connect(
     servers: str | Sequence[str],
     *,
@@ -217,7 +229,8 @@ async def connect(
             logger.warning("bus %s: %s: %s", name, type(exc).__name__, exc)
 
     async def on_disconnected() -> None:
-        if bus_ref and bus_ref[0].closing:
+        # Without a bus yet, this is the close of an abandoned first attempt.
+        if not bus_ref or bus_ref[0].closing:
             logger.debug("bus %s: disconnected (closing)", name)
         else:
             logger.warning("bus %s: disconnected", name)
@@ -259,6 +272,13 @@ async def connect(
         raise BusUnavailable(
             f"cannot connect to {', '.join(server_list)}: {exc or type(exc).__name__}"
         ) from exc
+    except BaseException:
+        # Cancelled (a host stopping before the bus is up): nats-py closes a
+        # failed attempt only on the errors it retries, so a cancel after the
+        # socket connected, mid-handshake, would leave it open until some later
+        # garbage collection.  Close it before the cancel goes on.
+        await _close_shielded(client)
+        raise
     if client.is_closed:
         raise BusClosed(f"connection to {', '.join(server_list)} closed while connecting")
     bus = NatsBus(client, backoff=backoff, request_timeout=request_timeout)
