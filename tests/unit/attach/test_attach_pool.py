@@ -42,7 +42,7 @@ class FakeBackend:
     async def discover(self) -> list[SeenVnic]:
         return [self.host[k] for k in sorted(self.host)]
 
-    async def create(self) -> Vnic:
+    async def create(self, pod_netns: str = "") -> Vnic:
         if not self.creatable:
             raise PoolEmptyError("fixed inventory")
         self.made += 1

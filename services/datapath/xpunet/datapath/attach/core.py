@@ -216,7 +216,7 @@ class Attacher:
             lease = self.ipam.allocate(pod.key)  # IpamExhaustedError: nothing taken yet
             undo: list[Any] = [lambda: self.ipam.release(pod.key)]
             try:
-                vnic = await self.pool.take()
+                vnic = await self.pool.take(pod.netns)
                 undo.append(lambda: self.pool.give_back(vnic))
                 await self.pool.backend.bind(vnic, lease.addresses)
                 undo.append(lambda: self.pool.backend.unbind(vnic, lease.addresses))

@@ -81,14 +81,18 @@ class VnicPool:
 
     # -- use ----------------------------------------------------------------------------------
 
-    async def take(self) -> Vnic:
+    async def take(self, pod_netns: str = "") -> Vnic:
+        """A vNIC for a pod: from stock, else created now (a veth then directly in `pod_netns`)."""
         if not self._free and self._pending:
             await self._recover_pending()  # a VF may be back from its pod since the last look
         if self._free:
             vnic = self._free.pop(0)
         elif self._can_create():
-            log.info("vNIC pool empty: creating a %s vNIC inline", self.backend.kind)
-            vnic = await self.backend.create()
+            # With no stock by design (target 0: veth made in the pod, see docs/cni.md) this is the rule.
+            log.log(
+                logging.INFO if self.target else logging.DEBUG, "creating a %s vNIC inline", self.backend.kind
+            )
+            vnic = await self.backend.create(pod_netns)
         else:
             raise PoolEmptyError(self._empty_message())
         self._attached.add(vnic.id)

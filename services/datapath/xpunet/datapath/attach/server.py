@@ -9,6 +9,7 @@ them to CNI error codes).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -116,30 +117,30 @@ class InfraService:
     def __init__(self, attacher: Attacher) -> None:
         self.attacher = attacher
 
-    async def attach(self, request: pb.AttachRequest, context: Ctx) -> pb.Attachment:
+    async def attach(self, request: pb.AttachRequest, context: Ctx | None = None) -> pb.Attachment:
         self._require_ready()
         record = await self.attacher.attach(pod_from_pb(request.pod), request.network)
         return record_to_pb(record)
 
-    async def detach(self, request: pb.DetachRequest, context: Ctx) -> pb.DetachResponse:
+    async def detach(self, request: pb.DetachRequest, context: Ctx | None = None) -> pb.DetachResponse:
         self._require_ready()
         record = await self.attacher.detach(AttachmentKey(request.pod.container_id, request.pod.ifname))
         if record is None:
             return pb.DetachResponse(found=False)
         return pb.DetachResponse(found=True, attachment=record_to_pb(record))
 
-    async def check(self, request: pb.CheckRequest, context: Ctx) -> pb.Attachment:
+    async def check(self, request: pb.CheckRequest, context: Ctx | None = None) -> pb.Attachment:
         self._require_ready()
         key = AttachmentKey(request.pod.container_id, request.pod.ifname)
         record = self.attacher.check(key)
         if record is None:
-            raise _AbortError(grpc.StatusCode.NOT_FOUND, "unknown", f"no attachment {key}")
+            raise RpcFailedError(grpc.StatusCode.NOT_FOUND, "unknown", f"no attachment {key}")
         return record_to_pb(record)
 
-    async def list(self, request: pb.ListRequest, context: Ctx) -> pb.ListResponse:
+    async def list(self, request: pb.ListRequest, context: Ctx | None = None) -> pb.ListResponse:
         return pb.ListResponse(attachments=[record_to_pb(r) for r in self.attacher.list()])
 
-    async def status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusResponse:
+    async def status(self, request: pb.StatusRequest, context: Ctx | None = None) -> pb.StatusResponse:
         status = self.attacher.status()
         pool = status.pool
         return pb.StatusResponse(
@@ -156,7 +157,7 @@ class InfraService:
             free_addresses=dict(status.free_addresses),
         )
 
-    async def gc(self, request: pb.GCRequest, context: Ctx) -> pb.GCResponse:
+    async def gc(self, request: pb.GCRequest, context: Ctx | None = None) -> pb.GCResponse:
         self._require_ready()
         valid = [AttachmentKey(v.container_id, v.ifname) for v in request.valid]
         released = await self.attacher.gc(request.network, valid)
@@ -166,7 +167,7 @@ class InfraService:
 
     def _require_ready(self) -> None:
         if not self.attacher.ready:
-            raise _AbortError(grpc.StatusCode.UNAVAILABLE, "not-ready", "the attach server is not ready")
+            raise RpcFailedError(grpc.StatusCode.UNAVAILABLE, "not-ready", "the attach server is not ready")
 
     def handler(self) -> grpc.GenericRpcHandler:
         def method(
@@ -192,33 +193,38 @@ class InfraService:
         )
 
 
-class _AbortError(Exception):
+class RpcFailedError(Exception):
+    """An RPC's failure: status code, reason (trailer ``xpunet-reason``) and message."""
+
     def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
 
 
+def failure_of(exc: Exception) -> RpcFailedError:
+    """The status code, reason and message a failed RPC answers with: domain errors mapped once, here."""
+    if isinstance(exc, RpcFailedError):
+        return exc
+    if isinstance(exc, BadRequestError):
+        return RpcFailedError(grpc.StatusCode.INVALID_ARGUMENT, "bad-request", str(exc))
+    if isinstance(exc, PoolEmptyError):
+        return RpcFailedError(grpc.StatusCode.RESOURCE_EXHAUSTED, "pool-empty", str(exc))
+    if isinstance(exc, IpamExhaustedError):
+        return RpcFailedError(grpc.StatusCode.RESOURCE_EXHAUSTED, "ips-exhausted", str(exc))
+    if isinstance(exc, BackendError | EndpointError):
+        return RpcFailedError(grpc.StatusCode.INTERNAL, "datapath", str(exc))
+    log.error("infra API: unexpected error", exc_info=exc)
+    return RpcFailedError(grpc.StatusCode.INTERNAL, "internal", f"{type(exc).__name__}: {exc}")
+
+
 def _guarded(
     fn: Callable[[Req, Ctx], Awaitable[Resp]],
 ) -> Callable[[Req, Ctx], Awaitable[Resp]]:
-    """Map domain errors to status codes + reason, once, at the boundary."""
-
     async def call(request: Req, context: Ctx) -> Resp:
         try:
             return await fn(request, context)
-        except _AbortError as exc:
-            failure = exc
-        except BadRequestError as exc:
-            failure = _AbortError(grpc.StatusCode.INVALID_ARGUMENT, "bad-request", str(exc))
-        except PoolEmptyError as exc:
-            failure = _AbortError(grpc.StatusCode.RESOURCE_EXHAUSTED, "pool-empty", str(exc))
-        except IpamExhaustedError as exc:
-            failure = _AbortError(grpc.StatusCode.RESOURCE_EXHAUSTED, "ips-exhausted", str(exc))
-        except (BackendError, EndpointError) as exc:
-            failure = _AbortError(grpc.StatusCode.INTERNAL, "datapath", str(exc))
         except Exception as exc:
-            log.exception("infra API: unexpected error")
-            failure = _AbortError(grpc.StatusCode.INTERNAL, "internal", f"{type(exc).__name__}: {exc}")
+            failure = failure_of(exc)
         await context.abort(failure.code, failure.message, trailing_metadata=((REASON_KEY, failure.reason),))
         raise AssertionError("unreachable: context.abort raises")
 
@@ -250,7 +256,8 @@ class AttachServer:
     async def start(self) -> None:
         await self.attacher.start()
         server = grpc.aio.server()
-        server.add_generic_rpc_handlers((InfraService(self.attacher).handler(),))
+        service = InfraService(self.attacher)
+        server.add_generic_rpc_handlers((service.handler(),))
         self._listen(server)
         await server.start()
         if self.settings.socket_path:
@@ -258,8 +265,13 @@ class AttachServer:
         self._server = server
         if self.settings.cni_agent_socket:
             from xpunet.datapath.cni.agent import CniAgent
+            from xpunet.datapath.cni.local import local_connect
 
-            self.cni_agent = CniAgent(self.settings.cni_agent_socket, netns=self.settings.host_netns)
+            # Verbs for this datapath's own socket call the service in-process (no gRPC round trip).
+            connect = local_connect(service, asyncio.get_running_loop(), self.settings.socket_path)
+            self.cni_agent = CniAgent(
+                self.settings.cni_agent_socket, netns=self.settings.host_netns, connect=connect
+            )
             await self.cni_agent.start()
         log.info(
             "infra API serving on %s",

@@ -137,7 +137,7 @@ class SysfsBackend:
         self._capacity = len(seen)
         return seen
 
-    async def create(self) -> Vnic:
+    async def create(self, pod_netns: str = "") -> Vnic:
         what = f"VFs of {self._pf}" if self._kind == "sriov-vf" else "sub-functions"
         raise PoolEmptyError(f"all {self._capacity or 0} {what} are in use (they are made by the device)")
 

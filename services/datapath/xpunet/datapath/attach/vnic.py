@@ -76,8 +76,12 @@ class VnicBackend(Protocol):
 
     async def discover(self) -> list[SeenVnic]: ...
 
-    async def create(self) -> Vnic:
-        """A new vNIC, ready to hand out; PoolEmptyError when the back-end cannot make one."""
+    async def create(self, pod_netns: str = "") -> Vnic:
+        """A new vNIC, ready to hand out; PoolEmptyError when the back-end cannot make one.
+
+        With `pod_netns` (a namespace path; veth only, others ignore it) the pod side is made
+        directly inside the pod's namespace, under its `device` name: moving a netdev between
+        namespaces costs far more than creating it there (docs/cni.md "ADD latency")."""
         ...
 
     async def bind(self, vnic: Vnic, addresses: Sequence[IpAddress]) -> None:

@@ -19,14 +19,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xpunet.datapath.cni.main import DEFAULT_AGENT_SOCKET
 from xpunet.datapath.cni.wire import MAX_MESSAGE, WireError, decode_request, encode_reply
+
+if TYPE_CHECKING:
+    from xpunet.datapath.cni.verbs import Connect
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +50,17 @@ def _prepare_socket_path(path: Path) -> None:
 
 
 class CniAgent:
-    def __init__(self, socket_path: str = DEFAULT_AGENT_SOCKET, *, netns: str = "", workers: int = 8) -> None:
+    def __init__(
+        self,
+        socket_path: str = DEFAULT_AGENT_SOCKET,
+        *,
+        netns: str = "",
+        workers: int = 8,
+        connect: Connect | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.netns = netns
+        self._connect = connect  # how the verbs reach the infra API (None: gRPC, per network config)
         self.served = 0
         self._pool = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="cni-agent", initializer=_enter_netns, initargs=(netns,)
@@ -86,7 +99,8 @@ class CniAgent:
             log.warning("cni agent: bad request: %s", exc)
             writer.close()
             return
-        code, output = await asyncio.get_running_loop().run_in_executor(self._pool, run, env, stdin)
+        work = functools.partial(run, env, stdin, connect=self._connect)
+        code, output = await asyncio.get_running_loop().run_in_executor(self._pool, work)
         self.served += 1
         try:
             writer.write(encode_reply(code, output, legacy=legacy))

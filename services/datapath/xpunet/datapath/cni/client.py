@@ -8,7 +8,7 @@ empty vNIC pool, exhausted IPs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -27,6 +27,21 @@ SERVICE = "/xpunet.infra.v1.Infra/"
 REASON_KEY = "xpunet-reason"
 
 Resp = TypeVar("Resp", bound=Message)
+Resp_co = TypeVar("Resp_co", bound=Message, covariant=True)
+
+
+class Pending(Protocol[Resp_co]):
+    def result(self) -> Resp_co: ...
+
+
+class InfraCalls(Protocol):
+    """What the verbs call: the gRPC client below, or the agent's in-process one (cni/local.py)."""
+
+    def call(self, method: str, request: Message, response_type: type[Resp]) -> Resp: ...
+
+    def start(self, method: str, request: Message, response_type: type[Resp]) -> Pending[Resp]: ...
+
+    def close(self) -> None: ...
 
 
 class InfraClient:
@@ -90,6 +105,13 @@ def map_rpc_error(exc: grpc.RpcError, method: str, target: str, tls: TlsClient |
     details: str = (call.details() if is_call else str(exc)) or ""
     trailing = (call.trailing_metadata() if is_call else None) or ()
     reason = next((str(v) for k, v in trailing if k == REASON_KEY), "")
+    return map_status(code, reason, details, method, target, tls)
+
+
+def map_status(
+    code: grpc.StatusCode, reason: str, details: str, method: str, target: str, tls: TlsClient | None = None
+) -> CniError:
+    """The CNI error for an infra API failure (status code, ``xpunet-reason``, details)."""
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and reason != "not-ready":
         lowered = details.lower()
         unreachable = (

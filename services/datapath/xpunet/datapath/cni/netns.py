@@ -109,7 +109,6 @@ async def _ours(ipr: Any, plan: Plan) -> int | None:
 async def plumb(plan: Plan, netns_path: str) -> None:
     """Move the vNIC into the pod and configure it (rename, MAC, MTU, addresses, routes)."""
     pod = pod_route(netns_path)
-    host = AsyncIPRoute()
     try:
         existing = await _get(pod, plan.ifname)
         if existing is not None:
@@ -118,9 +117,10 @@ async def plumb(plan: Plan, netns_path: str) -> None:
                     f"interface {plan.ifname} already exists in {netns_path} (MAC {_mac(existing)})"
                 )
             index = int(existing["index"])  # a repeated ADD: already moved and renamed
+            if not existing["flags"] & IFF_UP:
+                await pod.link("set", index=index, state="up")
         else:
-            index = await _move(pod, host, plan, netns_path)
-        await pod.link("set", index=index, state="up")
+            index = await _arrive(pod, plan, netns_path)
         for cidr in plan.addresses:
             iface = ipaddress.ip_interface(cidr)
             await pod.addr(
@@ -139,16 +139,35 @@ async def plumb(plan: Plan, netns_path: str) -> None:
         raise NetnsError(f"configuring {plan.ifname} in {netns_path} failed: {exc}") from exc
     finally:
         pod.close()
-        host.close()
 
 
-async def _move(pod: Any, host: Any, plan: Plan, netns_path: str) -> int:
-    """Move the vNIC into the pod namespace, renamed and with its MAC and MTU, in one RTM_NEWLINK."""
-    stray = await _lookup(pod, plan.device)  # moved by an interrupted ADD, not yet renamed
-    if stray is not None:
-        await pod.link("set", index=stray, state="down")
-        await pod.link("set", index=stray, ifname=plan.ifname, address=plan.mac, mtu=plan.mtu)
-        return stray
+async def _arrive(pod: Any, plan: Plan, netns_path: str) -> int:
+    """The vNIC in the pod under its pod name, with its MAC and MTU, and up: the index.
+
+    A veth made for this pod (or left by an interrupted ADD) is already in the pod under its
+    host name: renamed and set up in one RTM_NEWLINK (the kernel renames before it applies the
+    flags, and the device is down when it is renamed).  Else it is moved from the host."""
+    stray = await _get(pod, plan.device)
+    if stray is None:
+        host = AsyncIPRoute()
+        try:
+            await _move(host, plan, netns_path)
+        finally:
+            host.close()
+        stray = await _get(pod, plan.ifname)
+        if stray is None:
+            raise NetnsError(f"vNIC {plan.device} did not arrive in {netns_path} as {plan.ifname}")
+    index = int(stray["index"])
+    if stray["flags"] & IFF_UP and stray.get("ifname") != plan.ifname:
+        await pod.link("set", index=index, state="down")  # a netdev is renamed only when down
+    await pod.link("set", index=index, ifname=plan.ifname, address=plan.mac, mtu=plan.mtu, state="up")
+    return index
+
+
+async def _move(host: Any, plan: Plan, netns_path: str) -> None:
+    """Move the vNIC from the host into the pod namespace, renamed and with its MAC and MTU, in one
+    RTM_NEWLINK.  The kernel does this under its RTNL lock with an RCU barrier (~16 ms here): the
+    veth back-end avoids it by making the pod side in the pod (docs/cni.md "ADD latency")."""
     link = await _get(host, plan.device)
     if link is None:
         raise NetnsError(f"vNIC {plan.device} is in neither the host namespace nor {netns_path}")
@@ -161,10 +180,6 @@ async def _move(pod: Any, host: Any, plan: Plan, netns_path: str) -> int:
         )
     finally:
         os.close(fd)
-    index = await _lookup(pod, plan.ifname)
-    if index is None:
-        raise NetnsError(f"vNIC {plan.device} did not arrive in {netns_path} as {plan.ifname}")
-    return index
 
 
 async def unplumb(plan: Plan, netns_path: str, *, move_back: bool) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from xpunet.datapath.cni.config import LATEST, SUPPORTED_VERSIONS, Invocation, load_json, parse_invocation
 from xpunet.datapath.cni.errors import (
@@ -32,21 +32,24 @@ from xpunet.datapath.cni.errors import (
 
 if TYPE_CHECKING:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
-    from xpunet.datapath.cni.client import InfraClient
+    from xpunet.datapath.cni.client import InfraCalls
+    from xpunet.datapath.cni.config import NetConf
     from xpunet.datapath.cni.netns import Plan
+
+Connect: TypeAlias = "Callable[[NetConf], InfraCalls]"  # the infra API named by a network config
 
 log = logging.getLogger("xpunet.cni")
 
 
-def run(env: Mapping[str, str], stdin: bytes) -> tuple[int, str]:
-    """One plugin run: (exit code, stdout)."""
+def run(env: Mapping[str, str], stdin: bytes, *, connect: Connect | None = None) -> tuple[int, str]:
+    """One plugin run: (exit code, stdout).  `connect`: how to reach the infra API (default gRPC)."""
     version = _declared_version(stdin)
     try:
         if env.get("CNI_COMMAND") == "VERSION":
             return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
         inv = parse_invocation(env, stdin)
         handler = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
-        result = handler[inv.command](inv)
+        result = handler[inv.command](inv, connect or _grpc_client)
         return 0, json.dumps(result) if result is not None else ""
     except CniError as exc:
         log.warning("%s%s", exc.msg, f": {exc.details}" if exc.details else "")
@@ -77,10 +80,10 @@ def _run_async(work: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(work)
 
 
-def _client(inv: Invocation) -> InfraClient:
+def _grpc_client(conf: NetConf) -> InfraCalls:
     from xpunet.datapath.cni.client import InfraClient
 
-    return InfraClient(inv.conf)
+    return InfraClient(conf)
 
 
 def _pod(inv: Invocation) -> pb.PodIdentity:
@@ -109,12 +112,12 @@ def _plan(inv: Invocation, att: pb.Attachment) -> Plan:
     )
 
 
-def cmd_add(inv: Invocation) -> dict[str, Any]:
+def cmd_add(inv: Invocation, connect: Connect) -> dict[str, Any]:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
     if not os.path.exists(inv.netns):
         raise CniError(UNKNOWN_CONTAINER, f"network namespace {inv.netns} does not exist")
-    client = _client(inv)
+    client = connect(inv.conf)
     try:
         pending = client.start(
             "Attach", pb.AttachRequest(pod=_pod(inv), network=inv.conf.name), pb.Attachment
@@ -137,7 +140,7 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
         client.close()
 
 
-def _undo_add(client: InfraClient, inv: Invocation, att: pb.Attachment, plan: Plan) -> None:
+def _undo_add(client: InfraCalls, inv: Invocation, att: pb.Attachment, plan: Plan) -> None:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
     from xpunet.datapath.cni import netns
 
@@ -151,10 +154,10 @@ def _undo_add(client: InfraClient, inv: Invocation, att: pb.Attachment, plan: Pl
         log.warning("detaching %s after a failed ADD failed: %s", inv.container_id, exc.msg)
 
 
-def cmd_del(inv: Invocation) -> None:
+def cmd_del(inv: Invocation, connect: Connect) -> None:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
-    client = _client(inv)
+    client = connect(inv.conf)
     try:
         response = client.call(
             "Detach", pb.DetachRequest(pod=_pod(inv), network=inv.conf.name), pb.DetachResponse
@@ -173,12 +176,12 @@ def cmd_del(inv: Invocation) -> None:
     return
 
 
-def cmd_check(inv: Invocation) -> None:
+def cmd_check(inv: Invocation, connect: Connect) -> None:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
     if not os.path.exists(inv.netns):
         raise CniError(UNKNOWN_CONTAINER, f"network namespace {inv.netns} does not exist")
-    client = _client(inv)
+    client = connect(inv.conf)
     try:
         pending = client.start("Check", pb.CheckRequest(pod=_pod(inv), network=inv.conf.name), pb.Attachment)
         from xpunet.datapath.cni import netns
@@ -221,10 +224,10 @@ def cmd_check(inv: Invocation) -> None:
     return
 
 
-def cmd_status(inv: Invocation) -> None:
+def cmd_status(inv: Invocation, connect: Connect) -> None:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
-    client = _client(inv)
+    client = connect(inv.conf)
     try:
         status = client.call("Status", pb.StatusRequest(), pb.StatusResponse)
     except CniError as exc:
@@ -244,11 +247,11 @@ def cmd_status(inv: Invocation) -> None:
     return
 
 
-def cmd_gc(inv: Invocation) -> None:
+def cmd_gc(inv: Invocation, connect: Connect) -> None:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
     valid = [pb.AttachmentKey(container_id=c, ifname=i) for c, i in inv.conf.valid_attachments]
-    client = _client(inv)
+    client = connect(inv.conf)
     try:
         response = client.call("GC", pb.GCRequest(network=inv.conf.name, valid=valid), pb.GCResponse)
     except CniError as exc:
