@@ -161,30 +161,57 @@ def _sort_table(updates: list[Update]) -> None:
     first = updates[0].entry.match
     names = tuple(name for name, _ in first)
     kinds = tuple(type(m) for _, m in first)
-    # Pass 1: same shape everywhere?  The widest value of each component gives its width.
-    widths = [0] * (2 * len(names) + 1)
-    for u in updates:
-        e = u.entry
-        parts = _parts(e.match, names, kinds)
-        if parts is None or e.priority < 0:
-            updates.sort(key=lambda u: _sort_key(u.entry))
-            return
-        parts.append(e.priority)
-        for i, v in enumerate(parts):
-            if v.bit_length() > widths[i]:
-                widths[i] = v.bit_length()
+    # Pass 1: the ints each entry is compared on, flat (a fixed count per entry for one shape).
+    flat: list[int] = []
+    ok = True
+    if all(k is Exact for k in kinds):
+        # The common case, inlined: an exact field compares on its value alone.
+        nf = len(names)
+        for u in updates:
+            e = u.entry
+            m = e.match
+            if len(m) != nf:
+                ok = False
+                break
+            for (name, f), want in zip(m, names, strict=True):
+                if name != want or not isinstance(f, Exact):
+                    ok = False
+                    break
+                flat.append(f.value)
+            if not ok:
+                break
+            flat.append(e.priority)
+        stride = nf + 1
+    else:
+        stride = 0
+        for u in updates:
+            e = u.entry
+            parts = _parts(e.match, names, kinds)
+            if parts is None:
+                ok = False
+                break
+            flat += parts
+            flat.append(e.priority)
+            stride = len(parts) + 1  # the same for every entry of one shape
+    if not ok or len(flat) != stride * n or min(flat) < 0:
+        updates.sort(key=lambda u: _sort_key(u.entry))
+        return
+    # The widest value of each component gives its width.
+    widths = []
+    for c in range(stride):
+        acc = 0
+        for v in flat[c::stride]:
+            acc |= v
+        widths.append(acc.bit_length())
     # Pass 2: pack; the position goes in the low bits so the sorted ints lead back to the updates.
     index_width = (n - 1).bit_length()
     keys: list[int] = []
-    for i, u in enumerate(updates):
-        e = u.entry
-        parts = _parts(e.match, names, kinds)
-        assert parts is not None
-        parts.append(e.priority)
+    for i in range(n):
         packed = 0
-        for v, w in zip(parts, widths, strict=False):
+        for v, w in zip(flat[i * stride : (i + 1) * stride], widths, strict=True):
             packed = (packed << w) | v
         keys.append((packed << index_width) | i)
+    del flat
     keys.sort()
     mask = (1 << index_width) - 1
     updates[:] = [updates[k & mask] for k in keys]

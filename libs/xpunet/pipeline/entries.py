@@ -64,10 +64,17 @@ class TableEntry:
     params: tuple[tuple[str, int], ...] = ()
     priority: int = 0
     origin: str = field(default="", compare=False)
+    # The key, made on first use and kept: every index of a node's entries (the lowering's, the
+    # reconciler's) then holds this one tuple instead of a copy each (~64 bytes per entry each).
+    _key: EntryKey | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> EntryKey:
-        return (self.table, self.match, self.priority)
+        k = self._key
+        if k is None:
+            k = (self.table, self.match, self.priority)
+            object.__setattr__(self, "_key", k)
+        return k
 
     def match_of(self, name: str) -> FieldMatch | None:
         for n, m in self.match:

@@ -98,6 +98,7 @@ class _Merge:
         self.desired: dict[EntryKey, TableEntry] = {}
         self.counts: dict[str, int] = {}
         self.changed: set[EntryKey] = set()
+        self.track = True  # collect the keys of new groups in ``changed`` (see NodeLowering.flush)
         self._owner: dict[EntryKey, GroupKey] = {}  # keys one group adds
         self._shared: dict[EntryKey, list[GroupKey]] = {}  # keys several groups add, in group order
         self.conflicts: dict[EntryKey, list[str]] = {}
@@ -169,6 +170,7 @@ class _Merge:
         the lookups of the common case only (a key no other group adds: 3 hashes, not ~12; a node's
         first pass goes through here for every one of its millions of entries)."""
         owner, shared, desired, changed = self._owner, self._shared, self.desired, self.changed
+        track = self.track
         per_table: dict[str, int] = {}
         for k, e in adds.items():
             if (shared and k in shared) or owner.setdefault(k, gk) is not gk:
@@ -176,7 +178,8 @@ class _Merge:
                 continue
             # Nobody added k before (no owner), so it has no desired entry and no conflict yet.
             desired[k] = e
-            changed.add(k)
+            if track:
+                changed.add(k)
             per_table[e.table] = per_table.get(e.table, 0) + 1
         counts = self.counts
         for table, n in per_table.items():
@@ -505,10 +508,15 @@ class NodeLowering:
 
     # ------------------------------------------------------------------ flush
 
-    def flush(self) -> set[EntryKey]:
-        """Re-lower what changed since the last flush; returns the entry keys whose desired entry changed."""
+    def flush(self, *, track: bool = True) -> set[EntryKey]:
+        """Re-lower what changed since the last flush; returns the entry keys whose desired entry changed.
+
+        ``track=False``: the caller compares every desired key anyway (a node's first pass, a
+        reconciliation), so the keys of new groups are not collected (millions of set inserts
+        and ~50 bytes per entry at that size): the set returned is then incomplete."""
         merge = self._merge
         merge.changed = set()
+        merge.track = track
         bit_changes = self._flush_endpoint_refs()
         self._flush_sets(bit_changes)
         self._flush_endpoints(bit_changes)

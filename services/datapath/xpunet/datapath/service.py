@@ -344,10 +344,11 @@ class DatapathService:
             self.lowering.set_intent(key, route)
         self._derived_routes = derived
 
-    def lower_changes(self) -> set[EntryKey]:
-        """Re-lower what changed; returns the keys of the desired entries that changed."""
+    def lower_changes(self, *, track: bool = True) -> set[EntryKey]:
+        """Re-lower what changed; returns the keys of the desired entries that changed
+        (``track=False``: the next plan compares every key, the set may be incomplete)."""
         self._sync_routes()
-        changed = self.lowering.flush()
+        changed = self.lowering.flush(track=track)
         if self._unplanned:
             self._unplanned |= changed
         else:
@@ -420,17 +421,17 @@ class DatapathService:
             with self._tracer.start_as_current_span(
                 "datapath.apply", context=parent, links=links, attributes={"xpunet.node": self.node}
             ) as span:
+                # A new generation (or a stale view) is read back and every key compared.
+                full = generation != self._generation or self.reconciler.needs_resync
                 with self._tracer.start_as_current_span("datapath.lower") as lspan:
                     with clock("lower"), self._gc_paused():
-                        changed_entries = len(self.lower_changes())
-                    lspan.set_attribute("xpunet.changed_entries", changed_entries)
+                        changed_entries = len(self.lower_changes(track=not full))
                     desired = self.lowering.desired
-                full = False
-                if generation != self._generation or self.reconciler.needs_resync:
+                    lspan.set_attribute("xpunet.changed_entries", len(desired) if full else changed_entries)
+                if full:
                     with self._tracer.start_as_current_span("datapath.reconcile"), clock("read_back"):
                         actual = await self.target.read_entries(list(desired.values()))
                         self.reconciler.reset(actual)
-                    full = True
                     self._generation = generation
                     self._reconciles += 1
                     if self.metrics:
