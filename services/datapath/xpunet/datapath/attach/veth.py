@@ -13,20 +13,26 @@ not reused: the pod namespace may still hold its end).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import secrets
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
+from xpunet.datapath.attach import rtnl as rtnl_ops
+from xpunet.datapath.attach.rtnl import Rtnl, RtnlError
 from xpunet.datapath.attach.vnic import BackendError, PoolEmptyError, SeenVnic, Vnic, VnicKind
 from xpunet.ipam.ranges import IpAddress
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HOST_PREFIX = "xpv"
 POD_PREFIX = "xpp"
@@ -56,6 +62,11 @@ class VethBackend:
         self._ipr: AsyncIPRoute | None = None
         self._lock = asyncio.Lock()
         self._indexes: dict[str, int] = {}  # host side name -> ifindex, of the pairs made here
+        # The hot path (create, routes, delete) uses hand-encoded batched rtnetlink (rtnl.py): one
+        # socket per thread; the worker threads take the calls that keep the kernel busy.
+        self._local = threading.local()
+        self._sockets: list[Rtnl] = []
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def kind(self) -> VnicKind:
@@ -75,6 +86,13 @@ class VethBackend:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        for rtnl in self._sockets:
+            rtnl.close()
+        self._sockets.clear()
+        self._local = threading.local()
 
     async def discover(self) -> list[SeenVnic]:
         async with self._lock:
@@ -101,79 +119,94 @@ class VethBackend:
         suffix = secrets.token_hex(4)
         host, pod = HOST_PREFIX + suffix, POD_PREFIX + suffix
         mac = _random_mac()  # chosen here: the pod side may be in a namespace we cannot query
-        peer: dict[str, Any] = {"ifname": pod, "mtu": self._mtu, "address": mac}
-        async with self._lock:
-            ipr = await self._route()
-            fd = -1
-            try:
-                if pod_netns:
-                    try:
-                        fd = os.open(pod_netns, os.O_RDONLY | os.O_CLOEXEC)
-                    except OSError as exc:
-                        raise BackendError(
-                            f"cannot open the pod's network namespace {pod_netns}: {exc}"
-                        ) from exc
-                    peer["net_ns_fd"] = fd
-                await ipr.link("add", ifname=host, kind="veth", peer=peer, mtu=self._mtu, state="up")
-                index = await self._index(ipr, host)
-                for gateway in self._gateways:
-                    await ipr.addr(
-                        "add",
-                        index=index,
-                        address=str(gateway),
-                        prefixlen=gateway.max_prefixlen,
-                        flags=IFA_F_NODAD if gateway.version == 6 else 0,
-                    )
-            except NetlinkError as exc:
-                await self._delete(ipr, host)
-                if exc.code in (errno.ENOMEM, errno.ENOSPC):
-                    raise PoolEmptyError(f"cannot create a veth pair: {exc}") from exc
-                where = f" with {pod} in {pod_netns}" if pod_netns else ""
-                raise BackendError(f"creating veth pair {host}/{pod}{where} failed: {exc}") from exc
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-            self._indexes[host] = index
+        # In a worker thread: the kernel holds the caller a few milliseconds, the event loop goes on.
+        index = await self._in_thread(self._create, host, pod, mac, pod_netns)
+        self._indexes[host] = index
         return Vnic(id=suffix, kind="veth", device=pod, host_ifname=host, mac=mac, mtu=self._mtu)
 
-    async def bind(self, vnic: Vnic, addresses: Sequence[IpAddress]) -> None:
-        async with self._lock:
-            ipr = await self._route()
+    def _create(self, host: str, pod: str, mac: str, pod_netns: str) -> int:
+        rtnl = self._rtnl()
+        fd = -1
+        if pod_netns:
             try:
-                index = self._indexes.get(vnic.host_ifname) or await self._index(ipr, vnic.host_ifname)
-                for address in addresses:
-                    await ipr.route("replace", dst=f"{address}/{address.max_prefixlen}", oif=index)
-            except NetlinkError as exc:
-                raise BackendError(f"host routes via {vnic.host_ifname} failed: {exc}") from exc
+                fd = os.open(pod_netns, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise BackendError(f"cannot open the pod's network namespace {pod_netns}: {exc}") from exc
+        try:
+            made = rtnl.run(
+                [
+                    rtnl_ops.new_veth(host, pod, mtu=self._mtu, peer_mac=mac, peer_netns_fd=fd),
+                    rtnl_ops.get_link(host),
+                ]
+            )[1]
+            assert made is not None  # a created link answers its GETLINK
+            rtnl.run(
+                [
+                    rtnl_ops.add_addr(
+                        made.index, f"{g}/{g.max_prefixlen}", flags=IFA_F_NODAD if g.version == 6 else 0
+                    )
+                    for g in self._gateways
+                ]
+            )
+        except RtnlError as exc:
+            with contextlib.suppress(OSError):
+                rtnl.run([rtnl_ops.del_link_named(host)])
+            if exc.errno in (errno.ENOMEM, errno.ENOSPC):
+                raise PoolEmptyError(f"cannot create a veth pair: {exc}") from exc
+            where = f" with {pod} in {pod_netns}" if pod_netns else ""
+            raise BackendError(f"creating veth pair {host}/{pod}{where} failed: {exc}") from exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return made.index
+
+    async def bind(self, vnic: Vnic, addresses: Sequence[IpAddress]) -> None:
+        # Route changes are quick in the kernel: done on the event loop's thread, one batch.
+        rtnl = self._rtnl()
+        try:
+            index = self._indexes.get(vnic.host_ifname) or self._index(rtnl, vnic.host_ifname)
+            rtnl.run([rtnl_ops.replace_route(f"{a}/{a.max_prefixlen}", oif=index) for a in addresses])
+        except RtnlError as exc:
+            raise BackendError(f"host routes via {vnic.host_ifname} failed: {exc}") from exc
 
     async def unbind(self, vnic: Vnic, addresses: Sequence[IpAddress]) -> None:
-        async with self._lock:
-            ipr = await self._route()
-            for address in addresses:
-                try:
-                    await ipr.route("del", dst=f"{address}/{address.max_prefixlen}")
-                except NetlinkError as exc:
-                    # Already gone with the link (the pod's namespace was deleted first).
-                    if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                        raise BackendError(f"removing host route to {address} failed: {exc}") from exc
+        # A route already gone with its link (the pod's namespace was deleted first) is fine.
+        try:
+            self._rtnl().run([rtnl_ops.del_route(f"{a}/{a.max_prefixlen}") for a in addresses])
+        except RtnlError as exc:
+            raise BackendError(f"removing host routes via {vnic.host_ifname} failed: {exc}") from exc
 
     async def retire(self, vnic: Vnic) -> bool:
         self._indexes.pop(vnic.host_ifname, None)
-        async with self._lock:
-            await self._delete(await self._route(), vnic.host_ifname)
+        # Unregistering a netdev waits for RCU grace periods (~18 ms here): in a worker thread,
+        # where concurrent deletions overlap their waits, instead of stalling the event loop.
+        await self._in_thread(self._delete, vnic.host_ifname)
         return False
 
-    async def _delete(self, ipr: Any, ifname: str) -> None:
+    def _delete(self, ifname: str) -> None:
         try:
-            await ipr.link("del", ifname=ifname)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENODEV, errno.ENOENT):
-                raise BackendError(f"deleting {ifname} failed: {exc}") from exc
+            self._rtnl().run([rtnl_ops.del_link_named(ifname, tolerate=(errno.ENODEV, errno.ENOENT))])
+        except RtnlError as exc:
+            raise BackendError(f"deleting {ifname} failed: {exc}") from exc
 
     @staticmethod
-    async def _index(ipr: Any, ifname: str) -> int:
+    def _index(rtnl: Rtnl, ifname: str) -> int:
         # A targeted GETLINK: looking up by name would dump every link of the host.
-        try:
-            return int((await ipr.link("get", ifname=ifname))[0]["index"])
-        except NetlinkError as exc:
-            raise BackendError(f"link {ifname} does not exist ({exc})") from exc
+        link = rtnl.get_link(ifname)
+        if link is None:
+            raise BackendError(f"link {ifname} does not exist")
+        return link.index
+
+    def _rtnl(self) -> Rtnl:
+        """This thread's rtnetlink socket in the host sides' namespace."""
+        rtnl: Rtnl | None = getattr(self._local, "rtnl", None)
+        if rtnl is None:
+            rtnl = Rtnl(rtnl_ops.socket_in(self._netns)) if self._netns else Rtnl()
+            self._local.rtnl = rtnl
+            self._sockets.append(rtnl)
+        return rtnl
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="veth-netlink")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -1,10 +1,14 @@
-"""The pod side of an attachment, done with pyroute2: move the vNIC into the pod's namespace and set it up.
+"""The pod side of an attachment: move the vNIC into the pod's namespace and set it up.
 
 The plugin opens a netlink socket inside the pod's namespace by entering it
-on the main thread just long enough to create the socket (a socket keeps the
-namespace it was made in); that avoids the helper process pyroute2 forks for
-`netns=`, which costs tens of milliseconds per ADD.  The namespace path is
-checked first: pyroute2 would create a missing named namespace.
+on the calling thread just long enough to create the socket (a socket keeps
+the namespace it was made in); that avoids the helper process pyroute2 forks
+for `netns=`, which costs tens of milliseconds per ADD.  The namespace path
+is checked first: pyroute2 would create a missing named namespace.
+
+`plumb` (every ADD) sends hand-encoded rtnetlink batches (attach/rtnl.py):
+pyroute2's per-request CPU was most of an ADD's cost in the agent.  The rare
+paths (`unplumb` of VFs and failed ADDs, `inspect` for CHECK) use pyroute2.
 
 Every step is idempotent, so a repeated ADD (or one after an interrupted
 ADD) converges on the same interface.
@@ -20,8 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyroute2 import AsyncIPRoute, netns
+from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from xpunet.datapath.attach import rtnl
 
 IFA_F_NODAD = 0x02  # addresses usable at once, not after duplicate address detection
 SCOPE_LINK = 253
@@ -60,18 +66,10 @@ class Observed:
 def _socket_in(path: str) -> socket.socket:
     if not os.path.exists(path):
         raise MissingNetnsError(f"network namespace {path} does not exist")
-    saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # per thread: the agent runs verbs in threads
     try:
-        try:
-            netns.setns(path, flags=0)
-        except OSError as exc:
-            raise MissingNetnsError(f"cannot enter network namespace {path}: {exc}") from exc
-        try:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-        finally:
-            netns.setns(saved)
-    finally:
-        os.close(saved)
+        return rtnl.socket_in(path)  # per thread: the agent runs verbs in threads
+    except OSError as exc:
+        raise MissingNetnsError(f"cannot enter network namespace {path}: {exc}") from exc
 
 
 def pod_route(path: str) -> Any:
@@ -106,80 +104,70 @@ async def _ours(ipr: Any, plan: Plan) -> int | None:
     return await _lookup(ipr, plan.device)
 
 
-async def plumb(plan: Plan, netns_path: str) -> None:
-    """Move the vNIC into the pod and configure it (rename, MAC, MTU, addresses, routes)."""
-    pod = pod_route(netns_path)
-    try:
-        existing = await _get(pod, plan.ifname)
-        if existing is not None:
-            if _mac(existing) != plan.mac.lower():
-                raise NetnsError(
-                    f"interface {plan.ifname} already exists in {netns_path} (MAC {_mac(existing)})"
-                )
-            index = int(existing["index"])  # a repeated ADD: already moved and renamed
-            if not existing["flags"] & IFF_UP:
-                await pod.link("set", index=index, state="up")
-        else:
-            index = await _arrive(pod, plan, netns_path)
-        for cidr in plan.addresses:
-            iface = ipaddress.ip_interface(cidr)
-            await pod.addr(
-                "replace",
-                index=index,
-                address=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
-                flags=IFA_F_NODAD if iface.version == 6 else 0,
-            )
-        for dst, gateway in plan.routes:
-            if gateway:
-                await pod.route("replace", dst=dst, gateway=gateway, oif=index)
-            else:
-                await pod.route("replace", dst=dst, oif=index, scope=SCOPE_LINK)
-    except NetlinkError as exc:
-        raise NetnsError(f"configuring {plan.ifname} in {netns_path} failed: {exc}") from exc
-    finally:
-        pod.close()
+def plumb(plan: Plan, netns_path: str) -> None:
+    """Move the vNIC into the pod and configure it (rename, MAC, MTU, up, addresses, routes).
 
-
-async def _arrive(pod: Any, plan: Plan, netns_path: str) -> int:
-    """The vNIC in the pod under its pod name, with its MAC and MTU, and up: the index.
-
-    A veth made for this pod (or left by an interrupted ADD) is already in the pod under its
-    host name: renamed and set up in one RTM_NEWLINK (the kernel renames before it applies the
-    flags, and the device is down when it is renamed).  Else it is moved from the host."""
-    stray = await _get(pod, plan.device)
-    if stray is None:
-        host = AsyncIPRoute()
+    Two or three batches of rtnetlink requests in the pod's namespace (rtnl.py): look up the
+    interface under both names, then everything else at once."""
+    with rtnl.Rtnl(_socket_in(netns_path)) as pod:
         try:
-            await _move(host, plan, netns_path)
-        finally:
-            host.close()
-        stray = await _get(pod, plan.ifname)
-        if stray is None:
-            raise NetnsError(f"vNIC {plan.device} did not arrive in {netns_path} as {plan.ifname}")
-    index = int(stray["index"])
-    if stray["flags"] & IFF_UP and stray.get("ifname") != plan.ifname:
-        await pod.link("set", index=index, state="down")  # a netdev is renamed only when down
-    await pod.link("set", index=index, ifname=plan.ifname, address=plan.mac, mtu=plan.mtu, state="up")
-    return index
+            existing, stray = pod.run(
+                [
+                    rtnl.get_link(plan.ifname, tolerate=(errno.ENODEV,)),
+                    rtnl.get_link(plan.device, tolerate=(errno.ENODEV,)),
+                ]
+            )
+            steps: list[rtnl.Request] = []
+            if existing is not None:
+                if existing.mac != plan.mac.lower():
+                    raise NetnsError(
+                        f"interface {plan.ifname} already exists in {netns_path} (MAC {existing.mac})"
+                    )
+                index = existing.index  # a repeated ADD: already moved and renamed
+                if not existing.flags & IFF_UP:
+                    steps.append(rtnl.set_link(index, up=True))
+            else:
+                if stray is None:
+                    # Not made in the pod (a vNIC from stock, a VF): moved from the host, renamed.
+                    _move(plan, netns_path)
+                    stray = pod.get_link(plan.ifname)
+                    if stray is None:
+                        raise NetnsError(
+                            f"vNIC {plan.device} did not arrive in {netns_path} as {plan.ifname}"
+                        )
+                index = stray.index
+                if stray.flags & IFF_UP and stray.ifname != plan.ifname:
+                    steps.append(rtnl.set_link(index, up=False))  # a netdev is renamed only when down
+                # The kernel renames before it applies the flags: rename and up in one message.
+                steps.append(rtnl.set_link(index, ifname=plan.ifname, mac=plan.mac, mtu=plan.mtu, up=True))
+            for cidr in plan.addresses:
+                v6 = ipaddress.ip_interface(cidr).version == 6
+                steps.append(rtnl.replace_addr(index, cidr, flags=IFA_F_NODAD if v6 else 0))
+            for dst, gateway in plan.routes:
+                scope = 0 if gateway else SCOPE_LINK
+                steps.append(rtnl.replace_route(dst, oif=index, gateway=gateway, scope=scope))
+            pod.run(steps)
+        except OSError as exc:
+            raise NetnsError(f"configuring {plan.ifname} in {netns_path} failed: {exc}") from exc
 
 
-async def _move(host: Any, plan: Plan, netns_path: str) -> None:
+def _move(plan: Plan, netns_path: str) -> None:
     """Move the vNIC from the host into the pod namespace, renamed and with its MAC and MTU, in one
     RTM_NEWLINK.  The kernel does this under its RTNL lock with an RCU barrier (~16 ms here): the
     veth back-end avoids it by making the pod side in the pod (docs/cni.md "ADD latency")."""
-    link = await _get(host, plan.device)
-    if link is None:
-        raise NetnsError(f"vNIC {plan.device} is in neither the host namespace nor {netns_path}")
-    if link["flags"] & IFF_UP:  # a VF may be up; a netdev is renamed only when down
-        await host.link("set", index=link["index"], state="down")
-    fd = os.open(netns_path, os.O_RDONLY)
-    try:
-        await host.link(
-            "set", index=link["index"], net_ns_fd=fd, ifname=plan.ifname, address=plan.mac, mtu=plan.mtu
-        )
-    finally:
-        os.close(fd)
+    with rtnl.Rtnl() as host:  # this thread is in the host namespace
+        link = host.get_link(plan.device)
+        if link is None:
+            raise NetnsError(f"vNIC {plan.device} is in neither the host namespace nor {netns_path}")
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            steps = [rtnl.set_link(link.index, up=False)] if link.flags & IFF_UP else []  # a VF may be up
+            steps.append(
+                rtnl.set_link(link.index, netns_fd=fd, ifname=plan.ifname, mac=plan.mac, mtu=plan.mtu)
+            )
+            host.run(steps)
+        finally:
+            os.close(fd)
 
 
 async def unplumb(plan: Plan, netns_path: str, *, move_back: bool) -> None:

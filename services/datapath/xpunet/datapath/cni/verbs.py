@@ -127,7 +127,7 @@ def cmd_add(inv: Invocation, connect: Connect) -> dict[str, Any]:
         att = pending.result()
         plan = _plan(inv, att)
         try:
-            _run_async(netns.plumb(plan, inv.netns))
+            netns.plumb(plan, inv.netns)
         except BaseException as exc:
             _undo_add(client, inv, att, plan)
             if isinstance(exc, netns.MissingNetnsError):
