@@ -34,6 +34,7 @@ from xpunet.datapath.kernel.ruleset import (
     AFFINITY_CT_MARK,
     AFFINITY_GROUP_MASK,
     CONTAINERS,
+    INTERNAL_SLOT_OFFSET,
     L4_PROTOCOLS,
     affinity_chain_name,
     pick_chain_name,
@@ -52,6 +53,7 @@ from xpunet.pipeline.schema import (
     CT_ESTABLISHED,
     CT_NEW,
     FLAG_AFFINITY,
+    FLAG_LOCAL_PODS_USE_INTERNAL,
     FLAG_SNAT_TO_NODE,
     SET_BITS,
 )
@@ -276,6 +278,9 @@ class KernelState:
                 tbl.pop(ekey, None)
         if kind == "fe":
             _link(self._fe_by_group, e.param("backend_group"), ekey, add)
+            if e.param("flags") & FLAG_LOCAL_PODS_USE_INTERNAL:
+                # Local pods use the internal group: the frontend renders it too.
+                _link(self._fe_by_group, internal_group(e), ekey, add)
             return (("fe", ekey),)
         if kind == "port":
             units: list[Unit] = [("port", _exact(e, "in_port"))]
@@ -472,32 +477,63 @@ class KernelState:
         fe = self.entries.get(key)
         if fe is None:
             return {}
-        v = _fam(fe)
-        l4 = _L4_BY_NUMBER.get(_exact(fe, "protocol"))
-        port = _exact(fe, "dst_port")
         nodeport = fe.alias.startswith("node_port")
-        pre = "np" if nodeport else "fe"
-        fkey: tuple[object, ...] = (port,) if nodeport else (_exact(fe, "dst_addr"), port)
+        port = _exact(fe, "dst_port")
         proto = _exact(fe, "protocol")
-        # reject/drop/snat sets are keyed (addr,) proto, port; backend maps (addr,) port, hash share.
-        skey = (proto, port) if nodeport else (_exact(fe, "dst_addr"), proto, port)
+        # reject/drop/snat sets are keyed (addr,) proto, port; backend maps (addr,) port, slot.
+        fkey: tuple[object, ...] = (port,) if nodeport else (_exact(fe, "dst_addr"), port)
+        skey: tuple[object, ...] = (proto, port) if nodeport else (_exact(fe, "dst_addr"), proto, port)
         flags = fe.param("flags")
         out: Items = {}
         if flags & FLAG_SNAT_TO_NODE:
-            out[(f"{pre}_snat{v}", skey)] = None
-        group = fe.param("backend_group")
+            out[(f"{'np' if nodeport else 'fe'}_snat{_fam(fe)}", skey)] = None
+        self._render_group(out, fe, fe.param("backend_group"), fkey, skey, False, problems)
+        if flags & FLAG_LOCAL_PODS_USE_INTERNAL:
+            self._render_group(out, fe, internal_group(fe), fkey, skey, True, problems)
+        return out
+
+    def _render_group(
+        self,
+        out: Items,
+        fe: TableEntry,
+        group: int,
+        fkey: tuple[object, ...],
+        skey: tuple[object, ...],
+        internal: bool,
+        problems: list[str],
+    ) -> None:
+        """A frontend's use of ``group``: its own (everyone), or the internal one (local pods)."""
+        v = _fam(fe)
+        nodeport = fe.alias.startswith("node_port")
+        pre = "np" if nodeport else "fe"
+        own = "ni" if nodeport else "fi"  # the local pods' containers
+        flags = fe.param("flags")
+        l4 = _L4_BY_NUMBER.get(_exact(fe, "protocol"))
+
+        def drop() -> None:
+            if internal:
+                out[(f"{own}_chk{v}", skey)] = "goto:drop_no_backend"
+            else:
+                out[(f"{pre}_drop{v}", skey)] = None
+
         heads = self._heads.get(group)
         g = next(iter(heads.values())) if heads else None
         if g is None or g.action.endswith("drop_empty_group"):
-            out[(f"{pre}_drop{v}", skey)] = None
-            return out
+            drop()
+            return
         if g.action.endswith("reject_empty_group"):
-            out[(f"{pre}_reject{v}", skey)] = None
-            return out
+            if internal:
+                out[(f"{own}_chk{v}", skey)] = "goto:reject_no_backend"
+            else:
+                out[(f"{pre}_reject{v}", skey)] = None
+            return
         if l4 is None:
-            problems.append(f"{fe.alias}: protocol {proto} has no ports to balance on; dropped")
-            out[(f"{pre}_drop{v}", skey)] = None
-            return out
+            if not internal:
+                problems.append(
+                    f"{fe.alias}: protocol {_exact(fe, 'protocol')} has no ports to balance on; dropped"
+                )
+            drop()
+            return
         slots = self._backends.get((group, v))
         if slots is None:
             buckets = g.param("bucket_count")
@@ -510,24 +546,27 @@ class KernelState:
             slots = backend_slots(counts)
             self._backends[(group, v)] = slots
         if not slots:
-            out[(f"{pre}_drop{v}", skey)] = None
-            return out
+            drop()
+            return
         affinity = bool(flags & FLAG_AFFINITY)
         if affinity and not 0 < group <= AFFINITY_GROUP_MASK:
             problems.append(f"{fe.alias}: group {group} does not fit the connection mark; no affinity")
             affinity = False
+        kind = own if internal else pre
         if affinity:
             learn = affinity_chain_name(fe.param("affinity_timeout"))
-            out[(f"{pre}_aff{v}", skey)] = AFFINITY_CT_MARK | group
+            out[(f"{kind}_aff{v}", skey)] = AFFINITY_CT_MARK | group
             out[(CHAIN, (learn,))] = None
             out[("aff_rec", (group,))] = f"goto:{learn}"
             out[(AFFINITY_LIVE, (v, group))] = tuple(sorted(set(slots)))
-        chain = pick_chain_name(pre, v, affinity, len(slots))
+        chain = pick_chain_name(kind, v, affinity, len(slots))
         out[(CHAIN, (chain,))] = None
-        out[(f"{pre}_pick{v}", skey)] = f"goto:{chain}"
+        out[(f"{kind}_pick{v}", skey)] = f"goto:{chain}"
+        if internal:
+            out[(f"{own}_chk{v}", skey)] = "accept"
+        base = INTERNAL_SLOT_OFFSET if internal else 0
         for slot, backend in enumerate(slots):
-            out[(f"{pre}_be{v}_{l4}", (*fkey, slot))] = backend
-        return out
+            out[(f"{pre}_be{v}_{l4}", (*fkey, base + slot))] = backend
 
     def _render_ct_timeouts(self) -> Items:
         seconds: dict[tuple[int, int], int] = {}
@@ -627,6 +666,11 @@ class KernelState:
             )
             return {}
         return {}  # deliver_host: the node's own addresses are local routes already
+
+
+def internal_group(fe: TableEntry) -> int:
+    """The service's internal backend group, which local pods use under FLAG_LOCAL_PODS_USE_INTERNAL."""
+    return int(fe.param("service_port_id")) << 1
 
 
 _NFPROTO_IPV4 = 2

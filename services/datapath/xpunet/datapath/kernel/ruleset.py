@@ -17,6 +17,15 @@ Packet walk (mirrors the pipeline, see docs/kernel-target.md):
   ``frontend . jhash(client addr, port) mod K`` → backend in a hash map (the
   client address alone for ClientIP affinity).  Conntrack does the reverse
   NAT of replies.
+* externalTrafficPolicy Local (``FLAG_LOCAL_PODS_USE_INTERNAL``): a packet
+  from a pod of this node to an external frontend (NodePort, externalIP,
+  LoadBalancer) uses the service's *internal* group instead of the
+  frontend's own.  Pods first consult ``fi_*``/``ni_*`` maps (filled only
+  for such frontends, from the internal group): in ``pod_svc_check`` the
+  verdict for an empty internal group, in ``pre_nat`` the pick chain
+  (``fi4_h3``), whose slots live in the frontend's own backend map at
+  ``INTERNAL_SLOT_OFFSET`` + slot.  Everyone else falls through to the
+  frontend's own entries.
 * ``forward``/``input`` (filter): established flows pass; a packet from a pod
   goes through its egress ACL, a packet to a pod through the pod's ingress
   ACL.  An ACL is one rule per IP-set bit: ``peer in set b`` and
@@ -48,6 +57,9 @@ AFFINITY_GROUP_MASK = 0x01FFFFFF
 AFFINITY_KEY = f"ct mark and {AFFINITY_CT_MARK | AFFINITY_GROUP_MASK:#x}"
 """The group part of an affinity entry's key: the mark without the SNAT bit, so every frontend of
 a group (ClusterIP, NodePort with SNAT) shares a client's entry, as in the pipeline."""
+INTERNAL_SLOT_OFFSET = 0x1000000
+"""Where a frontend's internal-group slots start in its backend map (``jhash ... offset``): far above
+any slot count of its own group (at most 32 slots per backend, 131,071 buckets)."""
 RT_PROTO_XPUNET = 93
 """Route protocol number (``ip route ... proto 93``) of every route xpunet owns."""
 
@@ -152,6 +164,14 @@ def _containers() -> dict[str, Container]:
             Container(f"np_pick{v}", ("proto", "port"), "verdict"),
             Container(f"fe_aff{v}", (k, "proto", "port"), "mark"),
             Container(f"np_aff{v}", ("proto", "port"), "mark"),
+            # Local pods on externalTrafficPolicy Local frontends: the internal group's verdict
+            # (accept / reject / counted drop) before NAT, its pick chain and affinity mark.
+            Container(f"fi_chk{v}", (k, "proto", "port"), "verdict"),
+            Container(f"ni_chk{v}", ("proto", "port"), "verdict"),
+            Container(f"fi_pick{v}", (k, "proto", "port"), "verdict"),
+            Container(f"ni_pick{v}", ("proto", "port"), "verdict"),
+            Container(f"fi_aff{v}", (k, "proto", "port"), "mark"),
+            Container(f"ni_aff{v}", ("proto", "port"), "mark"),
             # Learned affinity: (connection mark, client) → backend address, and → port.  nft
             # 1.0.6 allocates the registers of a packet-path map update as if key and value fit
             # 16 bytes each: a longer key is overwritten by the value (an IPv6 client is keyed
@@ -202,28 +222,39 @@ _CT_TIMEOUT_RULE = "meta nfproto . meta l4proto vmap @ct_to"
 _ND = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
 
 
-def _nat_rules() -> list[str]:
-    # The frontend picks the chain that hashes with its backend count (see pick_chain).
+def _nat_rules(*, pods: bool) -> list[str]:
+    # The frontend picks the chain that hashes with its backend count (see pick_chain).  A pod of
+    # this node tries the internal-group maps first (only Local-policy external frontends are in
+    # them); frontend addresses before NodePorts, as the pipeline looks them up.
     out = []
     for v, p in ((4, "ip"), (6, "ip6")):
-        out += [
-            f"{p} daddr . meta l4proto . th dport vmap @fe_pick{v}",
-            f"{p} daddr @node_addr{v} meta l4proto . th dport vmap @np_pick{v}",
-        ]
+        fe = f"{p} daddr . meta l4proto . th dport"
+        np = f"{p} daddr @node_addr{v} meta l4proto . th dport"
+        out += [f"iifname @pod_ifs {fe} vmap @fi_pick{v}"] if pods else []
+        out += [f"{fe} vmap @fe_pick{v}"]
+        out += [f"iifname @pod_ifs {np} vmap @ni_pick{v}"] if pods else []
+        out += [f"{np} vmap @np_pick{v}"]
     return out
 
 
-def _affinity_mark_rules() -> list[str]:
+def _affinity_mark_rules(*, pods: bool) -> list[str]:
     # A ClientIP-affinity frontend writes its backend group (and the affinity bit) into the
     # connection mark: nft cannot nest one map lookup in another's key, so the group travels in
     # the mark to the pick chain (remembered backend) and past DNAT to the learning chain.  The
-    # mark of a new connection is replaced; the SNAT bit is or-ed in after this rule.
+    # mark of a new connection is replaced; the SNAT bit is or-ed in after this rule.  A local pod
+    # on a Local-policy external frontend then gets the internal group's mark instead.
     out = []
     for v, p in ((4, "ip"), (6, "ip6")):
         out += [
             f"ct mark set {p} daddr . meta l4proto . th dport map @fe_aff{v}",
             f"{p} daddr @node_addr{v} ct mark set meta l4proto . th dport map @np_aff{v}",
         ]
+        if pods:
+            out += [
+                f"iifname @pod_ifs ct mark set {p} daddr . meta l4proto . th dport map @fi_aff{v}",
+                f"iifname @pod_ifs {p} daddr @node_addr{v} ct mark set meta l4proto . th dport "
+                f"map @ni_aff{v}",
+            ]
     return out
 
 
@@ -235,13 +266,17 @@ def _affinity_learn_rules() -> list[str]:
     return [f"ct state new ct status dnat {bit} {group} vmap @aff_rec"]
 
 
-PICK_CHAIN = re.compile(r"^(fe|np)([46])_([ha])(\d+)$")
+PICK_CHAIN = re.compile(r"^(fe|np|fi|ni)([46])_([ha])(\d+)$")
 AFFINITY_CHAIN = re.compile(r"^aff_t(\d+)$")
 CT_TIMEOUT_NAME = re.compile(r"^ctto_(tcp|udp)([46])_[0-9a-f]+$")
 
 
 def pick_chain_name(kind: str, version: int, affinity: bool, backends: int) -> str:
-    """The chain that picks one of ``backends`` backends: ``fe4_h10`` (flow hash), ``np6_a3`` (client)."""
+    """The chain that picks one of ``backends`` backends: ``fe4_h10`` (flow hash), ``np6_a3`` (client).
+
+    ``kind`` ``fi``/``ni``: a local pod on a Local-policy external frontend (address / NodePort),
+    picking among the internal group's slots of the frontend's backend map.
+    """
     return f"{kind}{version}_{'a' if affinity else 'h'}{backends}"
 
 
@@ -258,8 +293,10 @@ def pick_chain_rules(name: str) -> list[str]:
         raise ValueError(f"not a pick chain: {name!r}")
     kind, v, how, k = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
     p = "ip" if v == 4 else "ip6"
-    key = f"{p} daddr . th dport" if kind == "fe" else "th dport"
+    key = f"{p} daddr . th dport" if kind in ("fe", "fi") else "th dport"
     hashed = f"jhash {p} saddr . th sport" if how == "h" else f"jhash {p} saddr"
+    offset = f" offset {INTERNAL_SLOT_OFFSET:#x}" if kind in ("fi", "ni") else ""
+    bemap = {"fe": "fe", "fi": "fe", "np": "np", "ni": "np"}[kind]
     out = []
     if how == "a":
         # The backend this client got before (learned by the group's affinity chain), if any:
@@ -270,7 +307,8 @@ def pick_chain_rules(name: str) -> list[str]:
             for l4 in L4_PROTOCOLS
         ]
     return out + [
-        f"meta l4proto {l4} dnat {p} to {key} . {hashed} mod {k} seed {HASH_SEED:#x} map @{kind}_be{v}_{l4}"
+        f"meta l4proto {l4} dnat {p} to {key} . {hashed} mod {k} seed {HASH_SEED:#x}{offset} "
+        f"map @{bemap}_be{v}_{l4}"
         for l4 in L4_PROTOCOLS
     ]
 
@@ -326,16 +364,22 @@ def is_dynamic_chain(name: str) -> bool:
     return bool(PICK_CHAIN.match(name) or AFFINITY_CHAIN.match(name) or CT_TIMEOUT_NAME.match(name))
 
 
-def _svc_check_rules() -> list[str]:
+def _svc_check_rules(*, pods: bool) -> list[str]:
+    # Pods (chain pod_svc_check) first ask the internal-group verdict of a Local-policy external
+    # frontend: accept ends the checks (the frontend's own, possibly empty, group is not theirs).
     out = ["ct state established,related accept"]
     for v, p in ((4, "ip"), (6, "ip6")):
         fe = f"{p} daddr . meta l4proto . th dport"
+        np = f"{p} daddr @node_addr{v} meta l4proto . th dport"
+        out += [f"{fe} vmap @fi_chk{v}"] if pods else []
         out += [
             f"{fe} @fe_reject{v} goto reject_no_backend",
             f'{fe} @fe_drop{v} counter name "drop_no_backend" drop',
-            f"{p} daddr @node_addr{v} meta l4proto . th dport @np_reject{v} goto reject_no_backend",
-            f"{p} daddr @node_addr{v} meta l4proto . th dport @np_drop{v} "
-            'counter name "drop_no_backend" drop',
+        ]
+        out += [f"{np} vmap @ni_chk{v}"] if pods else []
+        out += [
+            f"{np} @np_reject{v} goto reject_no_backend",
+            f'{np} @np_drop{v} counter name "drop_no_backend" drop',
         ]
     return out
 
@@ -378,18 +422,21 @@ def _chains() -> tuple[Chain, ...]:
             "from_pod",
             None,
             rules=(
-                "iifname . ip saddr @ep_src4 goto svc_check",
-                "iifname . ip6 saddr @ep_src6 goto svc_check",
+                "iifname . ip saddr @ep_src4 goto pod_svc_check",
+                "iifname . ip6 saddr @ep_src6 goto pod_svc_check",
                 _ND,
                 'counter name "drop_spoofed_source" drop',
             ),
         ),
-        Chain("svc_check", None, rules=tuple(_svc_check_rules())),
+        Chain("svc_check", None, rules=tuple(_svc_check_rules(pods=False))),
+        Chain("pod_svc_check", None, rules=tuple(_svc_check_rules(pods=True))),
         Chain(
             "reject_no_backend",
             None,
             rules=("meta l4proto tcp reject with tcp reset", "reject with icmpx port-unreachable"),
         ),
+        # A verdict-map target: an empty (drop) internal group counts like the frontends' drop set.
+        Chain("drop_no_backend", None, rules=('counter name "drop_no_backend" drop',)),
         Chain("out_filter", "output", priority=PRIORITY_PRE_FILTER, rules=("goto svc_check",)),
         # The kernel attaches a timeout policy to a new entry only between conntrack (-200)
         # and the entry's confirmation: here, for every new flow, its protocol's policy.
@@ -400,9 +447,10 @@ def _chains() -> tuple[Chain, ...]:
             "prerouting",
             "nat",
             -100,
-            (*_affinity_mark_rules(), *_snat_mark_rules(), *_nat_rules()),
+            (*_affinity_mark_rules(pods=True), *_snat_mark_rules(), *_nat_rules(pods=True)),
         ),
-        Chain("out_nat", "output", "nat", -100, (*_affinity_mark_rules(), *_nat_rules())),
+        # Host traffic is not a pod's: it uses each frontend's own group, as in the pipeline.
+        Chain("out_nat", "output", "nat", -100, (*_affinity_mark_rules(pods=False), *_nat_rules(pods=False))),
         Chain("aff_pre", "prerouting", priority=-99, rules=tuple(_affinity_learn_rules())),
         Chain("aff_out", "output", priority=-99, rules=tuple(_affinity_learn_rules())),
         Chain(
@@ -443,6 +491,7 @@ def _digest() -> str:
     text = "\n".join(f"{c.name} {c.declaration()}" for c in CONTAINERS.values())
     text += "\n".join(f"{c.name} {c.hook} {c.kind} {c.priority} {c.rules}" for c in CHAINS)
     text += f"{STATIC_COUNTERS} {HASH_SEED} {pick_chain_rules('fe4_h1')} {pick_chain_rules('np6_a1')}"
+    text += f"{pick_chain_rules('fi4_h1')} {pick_chain_rules('ni6_a1')}"
     text += f"{affinity_chain_rules('aff_t1')} {ct_timeout_rules('ctto_tcp4_0')}"
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 

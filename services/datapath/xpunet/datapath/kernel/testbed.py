@@ -88,6 +88,23 @@ def in_ns(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProces
     return sh("ip", "netns", "exec", ns, *args, check=check)
 
 
+def connect_from(
+    ns: str,
+    targets: list[tuple[str, int]],
+    *,
+    kind: str = "tcp",
+    timeout: float = 1.5,
+    sport: int = 0,
+    parallel: bool = False,
+) -> list[str]:
+    """One attempt per (address, port) from namespace ``ns`` (a pod's, or a node's own stack)."""
+    spec = [[h, port, kind, timeout, sport] for h, port in targets]
+    mode = "parallel" if parallel else "serial"
+    out = in_ns(ns, sys.executable, "-c", CLIENT, json.dumps(spec), mode).stdout
+    result: list[str] = json.loads(out)
+    return result
+
+
 @dataclass
 class Pod:
     name: str
@@ -162,11 +179,9 @@ class Topology:
         parallel: bool = False,
     ) -> list[str]:
         """One attempt per (address, port) from ``pod``: "OK <server> <peer>", "REFUSED" or "TIMEOUT"."""
-        spec = [[h, port, kind, timeout, sport] for h, port in targets]
-        mode = "parallel" if parallel else "serial"
-        out = in_ns(self.pods[pod].ns, sys.executable, "-c", CLIENT, json.dumps(spec), mode).stdout
-        result: list[str] = json.loads(out)
-        return result
+        return connect_from(
+            self.pods[pod].ns, targets, kind=kind, timeout=timeout, sport=sport, parallel=parallel
+        )
 
     def close(self) -> None:
         for proc in self.servers:
