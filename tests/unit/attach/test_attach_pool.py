@@ -1,17 +1,21 @@
 """The vNIC pool and the attacher over an in-memory back-end: stock, replenishment, pool empty,
-reconciliation on start, all-or-nothing Attach, idempotency, persisted state across restarts, GC."""
+reconciliation on start, all-or-nothing Attach, idempotency, persisted state across restarts, GC;
+concurrent calls (different pods at once, sharing state writes; one pod's calls one at a time)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from xpunet.datapath.attach.core import Attacher, BadRequestError, EndpointError, PodEndpoint, PodRef
 from xpunet.datapath.attach.pool import VnicPool
-from xpunet.datapath.attach.state import JsonStateFile, StateError
+from xpunet.datapath.attach.state import GroupCommit, JsonStateFile, StateError
 from xpunet.datapath.attach.vnic import PoolEmptyError, SeenVnic, Vnic, VnicKind
 from xpunet.ipam import AttachmentKey, IpamExhaustedError, node_ranges
 from xpunet.ipam.ranges import IpAddress
@@ -291,3 +295,119 @@ def test_state_file_is_replaced_atomically(tmp_path: Path) -> None:
     (tmp_path / "deep" / "state.json").write_text("{torn")
     with pytest.raises(StateError, match="not JSON"):
         store.load()
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+class GatedStore(JsonStateFile):
+    """A state file whose writes wait for the test to open a gate; counts and can fail them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()  # a write has started
+        self.saves = 0
+        self.fail = False
+
+    def save(self, data: dict[str, Any]) -> None:
+        self.entered.set()
+        self.gate.wait(timeout=30)
+        if self.fail:
+            raise OSError("disk full (on purpose)")
+        self.saves += 1
+        super().save(data)
+
+
+def make(tmp_path: Path, store: GatedStore, target: int = 0) -> Attacher:
+    pool = VnicPool(FakeBackend(), target=target, low_water=0)
+    return Attacher(ranges=RANGES, pool=pool, store=store)
+
+
+async def test_concurrent_attaches_share_writes_and_get_distinct_leases(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "state.json")
+    att = make(tmp_path, store)
+    await att.start()
+    try:
+        store.saves = 0
+        store.entered.clear()
+        store.gate.clear()  # the first write waits: the other attaches pile up behind it
+        calls = [asyncio.create_task(att.attach(pod(f"c{n}"), "net")) for n in range(10)]
+        await asyncio.to_thread(store.entered.wait, 30)  # the first write is in flight
+        store.gate.set()
+        records = await asyncio.gather(*calls)
+        assert len({r.lease.addresses for r in records}) == 10
+        assert len({r.vnic.id for r in records}) == 10
+        assert store.saves <= 2  # the first change's write, then one for the other nine
+        saved = JsonStateFile(tmp_path / "state.json").load()
+        assert saved is not None
+        assert len(saved["attachments"]) == 10  # every acknowledged change is on disk
+        await asyncio.gather(*(att.detach(AttachmentKey(f"c{n}", "eth0")) for n in range(10)))
+        assert att.list() == ()
+        assert att.ipam.leases() == ()
+    finally:
+        await att.stop()
+
+
+async def test_calls_for_one_pod_run_one_at_a_time(tmp_path: Path) -> None:
+    att = make(tmp_path, GatedStore(tmp_path / "state.json"))
+    await att.start()
+    try:
+        first, second = await asyncio.gather(att.attach(pod("same"), "net"), att.attach(pod("same"), "net"))
+        assert first == second
+        assert att.pool.stats().attached == 1
+        detached = await asyncio.gather(*(att.detach(AttachmentKey("same", "eth0")) for _ in range(2)))
+        assert sorted(d is None for d in detached) == [False, True]
+    finally:
+        await att.stop()
+
+
+async def test_a_failed_write_rolls_back_every_waiting_attach(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "state.json")
+    att = make(tmp_path, store)
+    await att.start()
+    try:
+        store.fail = True
+        results = await asyncio.gather(
+            *(att.attach(pod(f"f{n}"), "net") for n in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, OSError) for r in results), results
+        assert att.list() == ()
+        assert att.ipam.leases() == ()
+        assert att.pool.stats().attached == 0
+        store.fail = False
+        assert (await att.attach(pod("after"), "net")).key == AttachmentKey("after", "eth0")
+    finally:
+        await att.stop()
+
+
+async def test_group_commit_covers_changes_made_during_a_write(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "g.json")
+    state = {"n": 0}
+    commits = GroupCommit(store, lambda: dict(state))
+    store.gate.clear()
+    first = asyncio.create_task(commits.persist())
+    await asyncio.to_thread(store.entered.wait, 30)
+    state["n"] = 5  # changed while the first write (of n=0) is in flight
+    later = [asyncio.create_task(commits.persist()) for _ in range(4)]
+    store.gate.set()
+    await asyncio.gather(first, *later)
+    assert store.saves == 2
+    assert store.load() == {"n": 5}
+
+
+@pytest.mark.parametrize("target", [0, 2], ids=["created-on-demand", "from-stock"])
+async def test_capacity_holds_under_concurrent_creation(tmp_path: Path, target: int) -> None:
+    backend = FakeBackend(limit=3)
+    pool = VnicPool(backend, target=target, low_water=0)
+    att = Attacher(ranges=RANGES, pool=pool, store=JsonStateFile(tmp_path / "s.json"))
+    await att.start()
+    try:
+        results = await asyncio.gather(
+            *(att.attach(pod(f"p{n}"), "net") for n in range(5)), return_exceptions=True
+        )
+        assert sum(not isinstance(r, BaseException) for r in results) == 3
+        assert backend.made <= 3
+    finally:
+        await att.stop()

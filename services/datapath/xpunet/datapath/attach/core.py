@@ -1,9 +1,11 @@
 """Attachments: vNIC + IP leases + endpoint entries per pod interface, persisted, all or nothing.
 
 `Attacher` is the attach server's logic without gRPC: the infra API calls it,
-tests can too.  Every change runs under one lock and is written to the state
-store before it is acknowledged; a step that fails undoes the steps before it,
-so a failed Attach leaves no vNIC taken, no lease, no endpoint entry.
+tests can too.  Calls for one attachment run one at a time, calls for
+different pods concurrently; every change is written to the state store
+before it is acknowledged (concurrent changes share a write: `GroupCommit`);
+a step that fails undoes the steps before it, so a failed Attach leaves no
+vNIC taken, no lease, no endpoint entry.
 
 The datapath learns about pods through `EndpointSink`: `endpoint_attached` is
 awaited before Attach returns (so the pod is reachable as soon as CNI ADD
@@ -13,13 +15,14 @@ returns), `endpoint_detached` on Detach and GC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xpunet.datapath.attach.pool import PoolStats, VnicPool
-from xpunet.datapath.attach.state import StateStore
+from xpunet.datapath.attach.state import GroupCommit, StateStore
 from xpunet.datapath.attach.vnic import Vnic
 from xpunet.ipam import AttachmentKey, FamilyRange, Ipam, IpamStateError, Lease
 from xpunet.ipam.ranges import IpAddress
@@ -149,7 +152,11 @@ class Attacher:
         self.sink: EndpointSink = sink or NullEndpointSink()
         self.ipam = Ipam(self.ranges)
         self._records: dict[AttachmentKey, AttachmentRecord] = {}
-        self._lock = asyncio.Lock()
+        # Calls for one attachment run one at a time; different pods' calls run concurrently (their
+        # in-memory steps never interleave: no await between them), and share state writes.
+        self._locks = _KeyLocks()
+        self._gc_lock = asyncio.Lock()
+        self.commits = GroupCommit(store, self._state)
         self._ready = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -192,15 +199,16 @@ class Attacher:
         # Leases with no attachment (a crash between lease and record) are released.
         self.ipam.gc(self._records)
 
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "pod_cidrs": [str(r.network) for r in self.ranges],
+            "ipam": self.ipam.to_data(),
+            "attachments": [self._records[k].to_data() for k in sorted(self._records)],
+        }
+
     def _save(self) -> None:
-        self.store.save(
-            {
-                "version": STATE_VERSION,
-                "pod_cidrs": [str(r.network) for r in self.ranges],
-                "ipam": self.ipam.to_data(),
-                "attachments": [self._records[k].to_data() for k in sorted(self._records)],
-            }
-        )
+        self.store.save(self._state())
 
     def _gateways(self) -> tuple[IpAddress, ...]:
         return tuple(r.gateway for r in self.ranges)
@@ -209,9 +217,10 @@ class Attacher:
 
     async def attach(self, pod: PodRef, network: str) -> AttachmentRecord:
         _validate(pod)
-        async with self._lock:
+        async with self._locks.hold(pod.key):
             existing = self._records.get(pod.key)
             if existing is not None:
+                await self.commits.persist()  # the first call's write may still be in flight
                 return existing
             lease = self.ipam.allocate(pod.key)  # IpamExhaustedError: nothing taken yet
             undo: list[Any] = [lambda: self.ipam.release(pod.key)]
@@ -228,7 +237,7 @@ class Attacher:
                 undo.append(lambda: self.sink.endpoint_detached(record.endpoint()))
                 self._records[pod.key] = record
                 undo.append(lambda: self._records.pop(pod.key, None))
-                self._save()
+                await self.commits.persist()
             except BaseException:
                 await _unwind(undo)
                 raise
@@ -236,15 +245,18 @@ class Attacher:
         return record
 
     async def detach(self, key: AttachmentKey) -> AttachmentRecord | None:
-        async with self._lock:
+        async with self._locks.hold(key):
             record = self._records.pop(key, None)
             if record is None:
                 # No attachment, but maybe a lease from an interrupted Attach.
                 if self.ipam.release(key) is not None:
-                    self._save()
+                    await self.commits.persist()
                 return None
             await self._teardown(record)
-            self._save()
+            await self.commits.persist()
+            # The vNIC last: deleting a veth takes the kernel tens of milliseconds; once the state
+            # no longer records it, a restart would delete it anyway (pool reconciliation).
+            await self._give_back(record)
         log.info("detach: %s/%s %s", record.pod.namespace, record.pod.name, key)
         return record
 
@@ -256,15 +268,21 @@ class Attacher:
 
     async def gc(self, network: str, valid: Iterable[AttachmentKey]) -> tuple[AttachmentKey, ...]:
         keep = set(valid)
-        async with self._lock:
+        async with self._gc_lock:
             stale = [r for k, r in sorted(self._records.items()) if k not in keep and r.network == network]
+            gone: list[AttachmentRecord] = []
             for record in stale:
-                del self._records[record.key]
-                await self._teardown(record)
-            orphans = self.ipam.gc(keep | set(self._records))
-            if stale or orphans:
-                self._save()
-        released = tuple(sorted({r.key for r in stale} | {lease.key for lease in orphans}))
+                async with self._locks.hold(record.key):
+                    if self._records.get(record.key) is record:  # not detached meanwhile
+                        del self._records[record.key]
+                        await self._teardown(record)
+                        gone.append(record)
+            orphans = self.ipam.gc(keep | set(self._records) | self._locks.busy())
+            if gone or orphans:
+                await self.commits.persist()
+            for record in gone:
+                await self._give_back(record)
+        released = tuple(sorted({r.key for r in gone} | {lease.key for lease in orphans}))
         if released:
             log.info("gc: released %s", ", ".join(map(str, released)))
         return released
@@ -283,11 +301,11 @@ class Attacher:
         return self._ready
 
     async def _teardown(self, record: AttachmentRecord) -> None:
+        """Remove the pod's entries and host routes, release its lease; the vNIC is `_give_back`'s."""
         # Every step runs even if one fails: a DEL must not leave a lease or an entry behind.
         steps = [
             ("endpoint entries", self.sink.endpoint_detached(record.endpoint())),
             ("host routes", self.pool.backend.unbind(record.vnic, record.lease.addresses)),
-            ("vNIC", self.pool.give_back(record.vnic)),
         ]
         for what, step in steps:
             try:
@@ -295,6 +313,37 @@ class Attacher:
             except Exception:
                 log.exception("detach %s: removing the %s failed", record.key, what)
         self.ipam.release(record.key)
+
+    async def _give_back(self, record: AttachmentRecord) -> None:
+        try:
+            await self.pool.give_back(record.vnic)
+        except Exception:
+            log.exception("detach %s: removing the vNIC failed", record.key)
+
+
+class _KeyLocks:
+    """One asyncio lock per attachment key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[AttachmentKey, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: AttachmentKey) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def busy(self) -> set[AttachmentKey]:
+        """Keys with a call in progress (an Attach may hold a lease not yet recorded)."""
+        return set(self._locks)
 
 
 def _validate(pod: PodRef) -> None:

@@ -51,6 +51,7 @@ class VnicPool:
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._creating = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -92,7 +93,11 @@ class VnicPool:
             log.log(
                 logging.INFO if self.target else logging.DEBUG, "creating a %s vNIC inline", self.backend.kind
             )
-            vnic = await self.backend.create(pod_netns)
+            self._creating += 1  # counted against the capacity while concurrent Attach calls create too
+            try:
+                vnic = await self.backend.create(pod_netns)
+            finally:
+                self._creating -= 1
         else:
             raise PoolEmptyError(self._empty_message())
         self._attached.add(vnic.id)
@@ -132,7 +137,7 @@ class VnicPool:
     # -- replenishment ------------------------------------------------------------------------
 
     def _total(self) -> int:
-        return len(self._free) + len(self._attached) + len(self._pending)
+        return len(self._free) + len(self._attached) + len(self._pending) + self._creating
 
     def _can_create(self) -> bool:
         if self.backend.kind != "veth":

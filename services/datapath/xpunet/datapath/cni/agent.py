@@ -55,7 +55,7 @@ class CniAgent:
         socket_path: str = DEFAULT_AGENT_SOCKET,
         *,
         netns: str = "",
-        workers: int = 8,
+        workers: int = 32,
         connect: Connect | None = None,
     ) -> None:
         self.socket_path = socket_path
@@ -116,7 +116,7 @@ def agent_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="xpunet-cni agent", description="run the resident CNI agent")
     parser.add_argument("--socket", default=DEFAULT_AGENT_SOCKET)
     parser.add_argument("--netns", default="", help="network namespace the pods' host side is in")
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=32)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
