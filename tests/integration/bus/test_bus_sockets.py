@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from nats.aio.transport import TcpTransport
 
 from xpunet.bus.backoff import Backoff
 from xpunet.bus.nats import connect
@@ -61,9 +63,9 @@ class HandshakeRelay:
     async def aclose(self) -> None:
         assert self._server is not None
         self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self.cut()  # each handler then sees its client's end close and finishes
+        async with asyncio.timeout(_WITHIN):
+            await asyncio.gather(*list(self._handlers))
         await self._server.wait_closed()
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
@@ -72,23 +74,22 @@ class HandshakeRelay:
         self._handlers.add(task)
         leg = Leg(client_writer)
         self.legs.append(leg)
-        stall = self.stall
         writers = [client_writer]
         down: asyncio.Task[None] | None = None
         try:
             server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
             writers.append(server_writer)
-            down = asyncio.create_task(self._down(server_reader, client_writer, stall))
-            await self._up(client_reader, server_writer, leg, stall)
+            down = asyncio.create_task(self._down(server_reader, client_writer, self.stall))
+            await self._up(client_reader, server_writer, leg, self.stall)
         finally:
             leg.client_closed.set()
+            for writer in writers:  # all closed before any await: nothing stays open if cut short
+                writer.close()
             if down is not None:
                 down.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await down
+                await asyncio.wait({down})
             for writer in writers:
-                writer.close()
-                with contextlib.suppress(ConnectionError):
+                with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                     await writer.wait_closed()
             self._handlers.discard(task)
 
@@ -190,3 +191,43 @@ async def test_failed_reconnect_handshake_closes_its_socket(relay: HandshakeRela
         await _client_closes(first)
     finally:
         await bus.close()
+
+
+async def test_close_during_a_reconnect_handshake_closes_its_socket(relay: HandshakeRelay) -> None:
+    bus = await connect(relay.url, name="closing", connect_timeout=30)
+    relay.stall = True
+    await relay.cut()
+    leg = await _next_stalled(relay)  # the reconnect attempt waits for its PONG
+    await bus.close()
+    assert bus.client.is_closed
+    await _client_closes(leg)
+
+
+async def test_close_whose_cancel_a_reconnect_attempt_dropped_still_closes(
+    relay: HandshakeRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python 3.11's wait_for (around nats-py's TCP connect) returns the
+    # connection instead of raising a cancel that arrives as the connect
+    # completes; the attempt then carried on to CONNECTED after close().
+    # Injected here: the attempt's connect swallows the first cancel it gets.
+    bus = await connect(relay.url, name="dropped-cancel", connect_timeout=30)
+    connected = asyncio.Event()
+    tcp_connect = TcpTransport.connect
+
+    async def connect_dropping_a_cancel(self: TcpTransport, *args: Any, **kwargs: Any) -> None:
+        await tcp_connect(self, *args, **kwargs)
+        connected.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # ends with close()'s cancel, which is then lost
+
+    monkeypatch.setattr(TcpTransport, "connect", connect_dropping_a_cancel)
+    await relay.cut()
+    async with asyncio.timeout(_WITHIN):
+        await connected.wait()
+    await bus.close()
+    reconnecting = bus.client._reconnection_task
+    assert reconnecting is not None
+    async with asyncio.timeout(_WITHIN):
+        await asyncio.wait({reconnecting})
+    assert bus.client.is_closed
+    await _client_closes(relay.legs[-1])

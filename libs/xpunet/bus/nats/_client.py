@@ -19,14 +19,20 @@ Here:
 * ``send_prepared`` queues PUB commands the caller encoded itself (subjects
   made of validated parts, headers encoded once per batch).
 
+It also closes what nats-py leaves open: the stream of a reconnect attempt
+whose handshake failed, and an attempt that outlived ``close()`` (see
+``_connect_to_server``).
+
 This leans on nats-py internals that have been stable since 2.0 (``_ps``,
 ``_process_msg``, ``_subs``, ``_remove_sub``, ``_send_command``,
-``_flush_pending``); requirements.lock pins the version, and every bus
-integration test runs through this path.
+``_flush_pending``, ``_connect_to_server``, ``_close``, ``_transport``);
+requirements.lock pins the version, and every bus integration test runs
+through this path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping, MutableMapping
@@ -230,6 +236,7 @@ class LeanClient(Client):
         super().__init__()
         self._direct: dict[int, DirectHandler] = {}
         self._ps = LeanParser(self)
+        self._closed_for_good = False  # close()/drain() ran: no new connection from here on
 
     async def subscribe_direct(
         self, subject: str, handler: DirectHandler, *, queue: str = ""
@@ -260,9 +267,33 @@ class LeanClient(Client):
         # -ERR), its reconnect loop retries without closing that stream, and
         # the replaced socket stays open until the garbage collector finds it.
         # Close whatever the transport holds first; a closed stream ignores it.
+        self.close_transport()
+        if self._closed():
+            raise asyncio.CancelledError  # see below; checked before opening anything
+        await super()._connect_to_server(s)
+        if self._closed():
+            # close() cancelled the reconnect task while this attempt connected,
+            # and Python 3.11's wait_for inside nats-py dropped that cancel
+            # (it returns an inner result that is ready): the attempt would go on
+            # to CONNECTED on a closed client.  Stop it as the cancel would have.
+            self.close_transport()
+            raise asyncio.CancelledError
+
+    async def _close(self, status: int, do_cbs: bool = True) -> None:
+        # nats-py's own status cannot tell a final close from the close of a
+        # failed first attempt (both leave it CLOSED until the next attempt).
+        if status == Client.CLOSED:
+            self._closed_for_good = True
+        await super()._close(status, do_cbs)
+
+    def _closed(self) -> bool:
+        # A method, not the attribute: mypy would keep the attribute narrowed across the await.
+        return self._closed_for_good
+
+    def close_transport(self) -> None:
+        """Close the current stream, if any; idempotent (a closed stream ignores it)."""
         if self._transport is not None:
             self._transport.close()  # type: ignore[no-untyped-call]  # nats-py leaves Transport.close unannotated
-        await super()._connect_to_server(s)
 
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         super()._remove_sub(sid, max_msgs)

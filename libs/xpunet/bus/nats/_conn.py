@@ -190,6 +190,9 @@ class NatsBus:
             sub._queue.put_nowait(None)
         if not self.client.is_closed:
             await self.client.close()
+        # A close cut short earlier (a drain interrupted by its timeout) can
+        # leave the client marked closed with its socket still open.
+        self.client.close_transport()
 
 
 # Closes in progress that a second cancel left running (a task needs a strong reference).
