@@ -11,6 +11,8 @@ adopted.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -189,3 +191,84 @@ async def test_a_node_leaving_takes_its_fdb_entry_neighbours_and_routes(
     assert "10.244.2.0/24" not in in_ns(t1.node, "ip", "route").stdout
     (got,) = t1.connect("a", [(PODS["n2"][1], 80)], timeout=1)
     assert got in ("TIMEOUT", "ERROR [Errno 101] Network is unreachable")
+
+
+MSS_SERVER = r"""
+import socket, sys, threading
+def serve(fam):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 9000))
+    s.listen(8)
+    while True:
+        c, _ = s.accept()
+        mss = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+        n = 0
+        while data := c.recv(65536):
+            n += len(data)
+        c.sendall(f"{n} {mss}".encode() + b"x" * 200000)
+        c.close()
+for fam in (socket.AF_INET, socket.AF_INET6):
+    threading.Thread(target=serve, args=(fam,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+MSS_CLIENT = r"""
+import json, socket, sys
+out = []
+for host in sys.argv[1:]:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.create_connection((host, 9000), timeout=10)
+    mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    s.sendall(b"y" * 300000)
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while data := s.recv(65536):
+        got += data
+    n, server_mss = got[: got.index(b"x")].decode().split()
+    out.append([mss, int(server_mss), int(n), len(got) - got.index(b"x")])
+print(json.dumps(out))
+"""
+
+
+def mss_probe(client: Topology, server_topo: Topology) -> list[list[int]]:
+    """Per address of pod b: [client MSS, server MSS, bytes up, bytes down] of one bulk connection."""
+    b = PODS["n2"]
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_topo.pods[b[0]].ns, sys.executable, "-c", MSS_SERVER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        out = in_ns(client.pods[PODS["n1"][0]].ns, sys.executable, "-c", MSS_CLIENT, b[1], b[2]).stdout
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
+    result: list[list[int]] = json.loads(out)
+    return result
+
+
+async def test_tcp_through_the_overlay_gets_the_devices_mss(
+    nodes: Nodes, targets: dict[str, KernelTarget]
+) -> None:
+    # Pods have MTU 1500, vxlan0 the uplink's 1500 minus 50: SYNs leaving through vxlan0 are
+    # clamped to its route MTU (IPv4: 1450 - 40, IPv6: 1450 - 60) on both nodes, so both ends of
+    # a connection send segments that fit before any PMTU discovery; bulk data flows both ways.
+    t1, t2 = nodes.topos["n1"], nodes.topos["n2"]
+    assert link(t1)["mtu"] == 1450
+    v4, v6 = mss_probe(t1, t2)
+    # TCP_MAXSEG is the MSS less the options every segment carries (timestamps: 12 bytes); without
+    # the clamp it would be 1460 (1440 for IPv6) less those.
+    for (client_mss, server_mss, up, down), mss in ((v4, 1410), (v6, 1390)):
+        assert mss - 40 <= client_mss <= mss
+        assert mss - 40 <= server_mss <= mss
+        assert (up, down) == (300000, 200000)
+    assert "mss_clamp" in in_ns(t1.node, "nft", "list", "chain", "inet", "xpunet", "mss").stdout

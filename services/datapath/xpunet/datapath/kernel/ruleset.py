@@ -148,6 +148,7 @@ def _containers() -> dict[str, Container]:
         Container("node_addr6", ("ipv6",)),
         Container("aff_rec", ("mark",), "verdict"),
         Container("ct_to", ("nfproto", "proto"), "verdict"),
+        Container("mss_clamp", ("ifname",)),
     ]
     fams: tuple[tuple[int, Kind, DataKind], ...] = ((4, "ipv4", "ipv4_port"), (6, "ipv6", "ipv6_port"))
     for v, k, data in fams:
@@ -219,6 +220,7 @@ def _acl_chain(direction: Literal["egress", "ingress"]) -> list[str]:
 
 
 _CT_TIMEOUT_RULE = "meta nfproto . meta l4proto vmap @ct_to"
+_MSS_CLAMP = "oifname @mss_clamp tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
 _ND = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
 
 
@@ -465,6 +467,11 @@ def _chains() -> tuple[Chain, ...]:
                 "ct status dnat iifname . oifname @hairpin masquerade",
             ),
         ),
+        # TCP through the overlay: pods keep MTU 1500 while the vxlan device has the uplink's minus
+        # the encapsulation, so SYNs leaving through it (either direction of a handshake) get their
+        # MSS lowered to the route's (the kernel only ever lowers it).  Large segments then fit
+        # without relying on PMTU discovery (ICMP that a firewall on the way may eat).
+        Chain("mss", "postrouting", priority=PRIORITY_PRE_FILTER, rules=(_MSS_CLAMP,)),
         Chain(
             "forward",
             "forward",

@@ -124,6 +124,8 @@ def render_overlay(
         (LINK, (ifname,)): (vni, vtep_mac(local), uplink, local[0], local[1]),
         # Decapsulated packets from other nodes enter here: an uplink, like the underlay's.
         ("port_kind", (ifname,)): "goto:svc_check",
+        # TCP SYNs leaving through it get the device's MSS (ruleset chain ``mss``).
+        ("mss_clamp", (ifname,)): None,
     }
     for nh in vxlan:
         if nh.param("vni") != vni:
