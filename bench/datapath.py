@@ -210,9 +210,11 @@ async def node_from_empty(
             start = time.perf_counter()
             cpu_start = time.process_time()
             softipu_cpu_start = cpu_seconds(str(softipu_pid))
+            programming_pauses = gc_pauses()
             task = asyncio.create_task(service.run(stopping))
             await service.wait_converged()
             from_empty = time.perf_counter() - start
+            gc.callbacks.remove(programming_pauses.callback)
             from_empty_cpu = {
                 "bench_s": round(time.process_time() - cpu_start, 2),  # the datapath runs in this process
                 "softipu_s": round(cpu_seconds(str(softipu_pid)) - softipu_cpu_start, 2),
@@ -257,6 +259,7 @@ async def node_from_empty(
         "from_empty_entries_per_s": round(entries / from_empty),
         "from_empty_cpu": from_empty_cpu,
         "rss_peak_bench_mb_programming": rss_peak_programming,
+        "gc_during_programming": programming_pauses.report(),
         "one_change_ack": percentiles(one_backend),  # one backend of one service replaced
         "all_backends_change_ack": percentiles(times),  # every backend of one service replaced
         "one_change_target_apply": percentiles(apply_one),  # of which in P4RuntimeTarget.apply

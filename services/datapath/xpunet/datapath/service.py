@@ -423,36 +423,43 @@ class DatapathService:
             ) as span:
                 # A new generation (or a stale view) is read back and every key compared.
                 full = generation != self._generation or self.reconciler.needs_resync
-                with self._tracer.start_as_current_span("datapath.lower") as lspan:
-                    with clock("lower"), self._gc_paused():
-                        changed_entries = len(self.lower_changes(track=not full))
-                    desired = self.lowering.desired
-                    lspan.set_attribute("xpunet.changed_entries", len(desired) if full else changed_entries)
-                if full:
-                    with self._tracer.start_as_current_span("datapath.reconcile"), clock("read_back"):
-                        actual = await self.target.read_entries(list(desired.values()))
-                        self.reconciler.reset(actual)
-                    self._generation = generation
-                    self._reconciles += 1
-                    if self.metrics:
-                        self.metrics.reconciles.add(1)
-                    log.info(
-                        "datapath %s: reconciled with %s (generation %d): %d xpunet entries, %d foreign",
-                        self.node,
-                        self.target.description,
-                        generation,
-                        len(actual.owned),
-                        len(actual.foreign),
-                    )
-                now = self._clock()
-                with clock("plan"), self._gc_paused():
-                    batch = self.reconciler.plan(
-                        desired, sweep=self.may_sweep, now=now, changed=None if full else self._unplanned
-                    )
-                planned = len(desired) if full else len(self._unplanned)
-                self._unplanned = set()
-                with clock("gc_freeze"):
-                    self._maybe_freeze(planned)
+                # No cyclic GC from the lowering to the freeze: a first pass allocates millions of
+                # (acyclic) entries, and collections in between (also while the read-back is
+                # awaited: other tasks run with the GC off then) would only walk them to find
+                # them alive.  The freeze then moves them out of the GC's reach in one go.
+                with self._gc_paused():
+                    with self._tracer.start_as_current_span("datapath.lower") as lspan:
+                        with clock("lower"):
+                            changed_entries = len(self.lower_changes(track=not full))
+                        desired = self.lowering.desired
+                        lspan.set_attribute(
+                            "xpunet.changed_entries", len(desired) if full else changed_entries
+                        )
+                    if full:
+                        with self._tracer.start_as_current_span("datapath.reconcile"), clock("read_back"):
+                            actual = await self.target.read_entries(list(desired.values()))
+                            self.reconciler.reset(actual)
+                        self._generation = generation
+                        self._reconciles += 1
+                        if self.metrics:
+                            self.metrics.reconciles.add(1)
+                        log.info(
+                            "datapath %s: reconciled with %s (generation %d): %d xpunet entries, %d foreign",
+                            self.node,
+                            self.target.description,
+                            generation,
+                            len(actual.owned),
+                            len(actual.foreign),
+                        )
+                    now = self._clock()
+                    with clock("plan"):
+                        batch = self.reconciler.plan(
+                            desired, sweep=self.may_sweep, now=now, changed=None if full else self._unplanned
+                        )
+                    planned = len(desired) if full else len(self._unplanned)
+                    self._unplanned = set()
+                    with clock("gc_freeze"):
+                        froze = self._maybe_freeze(planned)
                 span.set_attribute("xpunet.updates", len(batch))
                 started = time.perf_counter()
                 if len(batch):
@@ -462,6 +469,13 @@ class DatapathService:
                     self.writes += result.sent
                     with clock("record"), self._gc_paused():
                         fresh = self.reconciler.record(batch, result, now=self._clock())
+                    if froze:
+                        # The reconciler's index of applied entries became a GC-tracked container
+                        # during the write (or grew by millions): out of reach too, or the next
+                        # young collections walk all of it (~0.5 s at 10M entries, on a change).
+                        with clock("gc_freeze"):
+                            gc.collect(1)
+                            gc.freeze()
                     for r in fresh:
                         log.warning("datapath %s: rejected: %s", self.node, r.describe())
                         if self.metrics:
@@ -503,7 +517,7 @@ class DatapathService:
         """No cyclic GC inside a synchronous stage of a pass (see ``DatapathOptions.gc_freeze_after``)."""
         return _gc_paused() if self.options.gc_freeze_after else contextlib.nullcontext()
 
-    def _maybe_freeze(self, planned: int) -> None:
+    def _maybe_freeze(self, planned: int) -> bool:
         """Once enough desired entries changed, move the heap out of the cyclic GC's reach.
 
         Done right after planning, before the write: a node's first pass allocates
@@ -519,6 +533,8 @@ class DatapathService:
                 self._changed_since_freeze,
             )
             self._changed_since_freeze = 0
+            return True
+        return False
 
     async def wait_converged(self, revision: int = 0, *, generation: int = 0) -> None:
         """Until a pass acknowledged every change seen so far, the intents up to ``revision``,
