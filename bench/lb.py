@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import os
 import resource
-import statistics
 import time
 from typing import Any
 
-from xpunet.bus.api import InSync, KVEntry
 from xpunet.bus.nats import NatsBus, connect
 from xpunet.embedded.nats import NatsServer
-from xpunet.ir.lb import service_key
 from xpunet.lb.coldstart import ColdGc, ColdStart
-from xpunet.lb.service import LbService, encode_changes, load_existing
+from xpunet.lb.service import LbOptions, LbService, encode_changes, load_existing
 from xpunet.lb.state import LbCompiler
 from xpunet.model.objects import (
     Endpoint,
@@ -45,9 +44,13 @@ from xpunet.model.objects import (
     Service,
     ServicePort,
 )
+from xpunet.runtime.change_probe import lone_changes, run_loop, summary, until_in_sync
+from xpunet.runtime.compiler_service import HeapFreezer
 from xpunet.wire import encode_object
 
 NODES = 50
+WARMUP = 50  # lone changes through NATS before the measured ones
+CHANGE_GAP = 0.05  # seconds of quiet before each change (x 1..1.5): longer than lb.flush_interval
 
 
 def _ip(n: int) -> str:
@@ -170,7 +173,17 @@ def pure(services: int, big: int, changes: int) -> dict[str, Any]:
 
 
 async def end_to_end(
-    bus: NatsBus, services: int, big: int, changes: int, tag: str, workers: int | None
+    bus: NatsBus,
+    services: int,
+    big: int,
+    changes: int,
+    tag: str,
+    workers: int | None,
+    *,
+    gap: float = CHANGE_GAP,
+    warmup: int = WARMUP,
+    freeze: bool = True,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     k8s, intents, status = [await bus.kv(f"bench-{tag}-{b}") for b in ("k8s", "intent", "status")]
     try:
@@ -192,7 +205,15 @@ async def end_to_end(
         compiler = LbCompiler(table_builder=cold.tables, prefetch=cold.tables.prefetch)
         existing, rejections = await load_existing(intents, status)
         compiler.seed(existing, rejections)
-        service = LbService(compiler, k8s=k8s, intents=intents, status=status, flush_interval=0.0, cold=cold)
+        service = LbService(
+            compiler,
+            k8s=k8s,
+            intents=intents,
+            status=status,
+            flush_interval=LbOptions().flush_interval,
+            cold=cold,
+            heap=HeapFreezer() if freeze else None,  # as run(ctx) does
+        )
         stopping = asyncio.Event()
         task = asyncio.create_task(service.run(stopping))
         await service.synced.wait()
@@ -200,37 +221,34 @@ async def end_to_end(
         cold_cpu = time.process_time() - cpu0
 
         watch = intents.watch("global.lb.svc.bench.")
-        async for item in watch:
-            if isinstance(item, InSync):
-                break
-        lat: list[float] = []
-        cpu: list[float] = []
-        for step in range(changes):
+        await until_in_sync(watch)
+
+        async def put_change(step: int, headers: dict[str, str]) -> None:
             s = step % min(services, 1000)
-            key = service_key("bench", f"svc-{s}", "TCP", 80, "ipv4")
-            t = time.perf_counter()
-            tc = time.process_time()
-            await k8s.put(f"endpointslice.bench.svc-{s}-1", encode_object(changed_slice(s, step)))
-            async for item in watch:
-                if isinstance(item, KVEntry) and item.key == key:
-                    break
-            lat.append((time.perf_counter() - t) * 1000)
-            cpu.append((time.process_time() - tc) * 1000)
+            slice_key = f"endpointslice.bench.svc-{s}-1"
+            await k8s.put(slice_key, encode_object(changed_slice(s, step)), headers=headers)
+
+        samples = await lone_changes(
+            service, watch, put_change, count=changes, warmup=warmup, gap=gap, server_pid=server_pid
+        )
         await watch.aclose()
         stopping.set()
         await task
+        started = time.perf_counter()
+        gc.collect()  # what one full collection landing on a change would cost it
+        full_gc_ms = (time.perf_counter() - started) * 1000
         return {
             "services": services + big,
             "cold_to_in_sync_s": round(cold_s, 3),
             "cold_cpu_s": round(cold_cpu, 3),  # lb's CPU (nats-server runs in its own process)
             # The table workers' CPU (exited and reaped children; nats-server is still running).
             "cold_workers_cpu_s": round(_children_cpu() - children0, 3),
-            "change_e2e_ms_p50": pct(lat, 0.5),
-            "change_e2e_ms_p99": pct(lat, 0.99),
-            "change_e2e_ms_mean": round(statistics.fmean(lat), 3),
-            # CPU of this process per change: the lb service and the benchmark's own client.
-            "change_e2e_cpu_ms_p50": pct(cpu, 0.5),
-            "change_e2e_cpu_ms_p99": pct(cpu, 0.99),
+            "flush_interval_s": LbOptions().flush_interval,
+            "gap_s": gap,
+            "warmup": warmup,
+            "heap_frozen": freeze,
+            "full_gc_ms": round(full_gc_ms, 3),
+            **summary(samples),
         }
     finally:
         for b in ("k8s", "intent", "status"):
@@ -241,8 +259,20 @@ async def with_nats(args: argparse.Namespace) -> dict[str, Any]:
     with NatsServer(name="xpunet-bench") as server:
         bus = await connect(server.url, name="bench-lb", initial_timeout=10, request_timeout=30)
         try:
-            full = await end_to_end(bus, args.services, args.big, args.changes, "full", args.workers)
-            small = await end_to_end(bus, 100, 0, args.changes, "small", args.workers)
+            freeze = not args.no_freeze
+            full = await end_to_end(
+                bus,
+                args.services,
+                args.big,
+                args.changes,
+                "full",
+                args.workers,
+                freeze=freeze,
+                server_pid=server.pid,
+            )
+            small = await end_to_end(
+                bus, 100, 0, args.changes, "small", args.workers, freeze=freeze, server_pid=server.pid
+            )
         finally:
             await bus.drain()
     return {"full": full, "small": small}
@@ -252,20 +282,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--services", type=int, default=10000)
     parser.add_argument("--big", type=int, default=3, help="extra services with 1,000 endpoints")
-    parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument(
+        "--changes", type=int, default=500, help="measured changes per size (after 50 warm-up)"
+    )
     parser.add_argument("--quick", action="store_true", help="1,000 services, 1 big, 50 changes")
     parser.add_argument("--no-nats", action="store_true", help="compiler only")
     parser.add_argument(
         "--workers", type=int, default=None, help="cold-start table workers (default: one per spare CPU)"
     )
+    parser.add_argument(
+        "--no-freeze", action="store_true", help="without the shared loop's heap freezing (for comparison)"
+    )
+    parser.add_argument("--no-pure", action="store_true", help="skip the in-process compiler figures")
+    parser.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop (services run on uvloop)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.services, args.big, args.changes = 1000, 1, 50
-    result: dict[str, Any] = {"pure": pure(args.services, args.big, args.changes)}
-    result["pure_small"] = pure(100, 0, args.changes)
+    result: dict[str, Any] = {"loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    if not args.no_pure:
+        result["pure"] = pure(args.services, args.big, args.changes)
+        result["pure_small"] = pure(100, 0, args.changes)
     if not args.no_nats:
-        result["nats"] = asyncio.run(with_nats(args))
+        result["loop"] = args.loop
+        result["nats"] = run_loop(with_nats(args), args.loop)
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 
 

@@ -40,9 +40,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from xpunet.bus.api import InSync, KVEntry
 from xpunet.bus.nats import NatsBus, connect
-from xpunet.bus.tracing import WRITTEN_AT_HEADER as WRITTEN_AT
 from xpunet.embedded.nats import NatsServer
 from xpunet.model.objects import (
     NAMESPACE_NAME_LABEL,
@@ -60,8 +58,11 @@ from xpunet.model.objects import (
 )
 from xpunet.policy.compiler import DEFAULT_GLOBAL_SET_NODES, PolicyCompiler
 from xpunet.policy.service import PolicyOptions, PolicyService, load_existing
+from xpunet.runtime.change_probe import lone_changes, run_loop, summary, until_in_sync
+from xpunet.runtime.compiler_service import HeapFreezer
 from xpunet.wire import encode_object
 
+NATS_WARMUP = 50  # lone changes through NATS before the measured ones
 APPS = 20
 TEAMS = 20
 # pods -> (pods, namespaces, nodes, policies)
@@ -270,7 +271,15 @@ def _p99(ordered: list[float]) -> float:
 
 
 async def through_nats(
-    bus: NatsBus, size: tuple[int, int, int, int], global_set_nodes: int, changes: int, gap: float
+    bus: NatsBus,
+    size: tuple[int, int, int, int],
+    global_set_nodes: int,
+    changes: int,
+    *,
+    gap: float,
+    warmup: int,
+    freeze: bool,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Cold start and lone label changes through the policy service and a real nats-server."""
     pods, namespaces, nodes, policies = size
@@ -299,6 +308,7 @@ async def through_nats(
             flush_interval=PolicyOptions().flush_interval,
             existing=existing,
             existing_reports=reports,
+            heap=HeapFreezer() if freeze else None,  # as run(ctx) does
         )
         stopping = asyncio.Event()
         task = asyncio.create_task(service.run(stopping))
@@ -321,51 +331,38 @@ async def through_nats(
         movers = [p for p in pod_objs if p.namespace in covered and p.labels["app"] != "app0"]
         random.Random(3).shuffle(movers)
         watch = intents.watch("")
-        async for item in watch:
-            if isinstance(item, InSync):
-                break
-        latencies: list[float] = []
-        cpu: list[float] = []  # this process: the service and the benchmark's own client
-        pauses: list[float] = []
-        gc.callbacks.append(_gc_timer(pauses))
-        try:
-            for pod in movers[:changes]:
-                await asyncio.sleep(gap)  # quiet: the previous flush is more than flush_interval old
-                moved = replace(pod, labels=Labels({**pod.labels, "app": "app0"}))
-                # The service stamps its writes with the earliest change's written-at: this one's.
-                stamp = f"{time.time():.6f}"
-                t = time.perf_counter()
-                tc = time.process_time()
-                await k8s.put(
-                    f"pod.{pod.namespace}.{pod.name}", encode_object(moved), headers={WRITTEN_AT: stamp}
-                )
-                async with asyncio.timeout(10):
-                    async for item in watch:
-                        if isinstance(item, KVEntry) and item.headers.get(WRITTEN_AT) == stamp:
-                            break
-                latencies.append((time.perf_counter() - t) * 1000)
-                cpu.append((time.process_time() - tc) * 1000)
-        finally:
-            gc.callbacks.pop()
+        await until_in_sync(watch)
+        current = {(p.namespace, p.name): p for p in movers}
+
+        async def put_change(i: int, headers: dict[str, str]) -> None:
+            # Each mover joins the app0 set, and leaves it again on its next turn: every change writes.
+            pod = movers[i % len(movers)]
+            now = current[pod.namespace, pod.name]
+            label = pod.labels["app"] if now.labels["app"] == "app0" else "app0"
+            moved = current[pod.namespace, pod.name] = replace(
+                pod, labels=Labels({**pod.labels, "app": label})
+            )
+            await k8s.put(f"pod.{pod.namespace}.{pod.name}", encode_object(moved), headers=headers)
+
+        samples = await lone_changes(
+            service, watch, put_change, count=changes, warmup=warmup, gap=gap, server_pid=server_pid
+        )
         await watch.aclose()
         stopping.set()
         await task
-        latencies.sort()
-        cpu.sort()
+        started = time.perf_counter()
+        gc.collect()  # what one full collection landing on a change would cost it
+        full_gc_ms = (time.perf_counter() - started) * 1000
         return {
             "cold_to_in_sync_s": round(cold_s, 3),
             "cold_cpu_s": round(cold_cpu, 3),
             "intent_keys": written,
             "flush_interval_s": PolicyOptions().flush_interval,
             "gap_s": gap,
-            "change_to_intent_ms_p50": round(statistics.median(latencies), 3),
-            "change_to_intent_ms_p99": round(_p99(latencies), 3),
-            "change_to_intent_ms_max": round(latencies[-1], 3),
-            "change_cpu_ms_p50": round(statistics.median(cpu), 3),
-            "change_cpu_ms_p99": round(_p99(cpu), 3),
-            # Cyclic GC runs in this process (service and client) during the changes, and the longest.
-            "gc_collections": len(pauses),
-            "gc_longest_ms": round(max(pauses, default=0.0), 3),
+            "warmup": warmup,
+            "heap_frozen": freeze,
+            "full_gc_ms": round(full_gc_ms, 3),
+            **summary(samples),
         }
     finally:
         for b in ("k8s", "intent", "status"):
@@ -373,29 +370,26 @@ async def through_nats(
 
 
 async def with_nats(
-    sizes: list[tuple[int, int, int, int]], global_set_nodes: int, changes: int
+    sizes: list[tuple[int, int, int, int]], global_set_nodes: int, changes: int, *, freeze: bool
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with NatsServer(name="xpunet-bench-policy") as server:
         bus = await connect(server.url, name="bench-policy", initial_timeout=10, request_timeout=30)
         try:
             for size in sizes:
-                out[f"pods_{size[0]}"] = await through_nats(bus, size, global_set_nodes, changes, gap=0.05)
+                out[f"pods_{size[0]}"] = await through_nats(
+                    bus,
+                    size,
+                    global_set_nodes,
+                    changes,
+                    gap=0.05,
+                    warmup=NATS_WARMUP,
+                    freeze=freeze,
+                    server_pid=server.pid,
+                )
         finally:
             await bus.drain()
     return out
-
-
-def _gc_timer(pauses: list[float]) -> Any:
-    started: list[float] = []
-
-    def callback(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            started[:] = [time.perf_counter()]
-        elif started:
-            pauses.append((time.perf_counter() - started[0]) * 1000)
-
-    return callback
 
 
 def peak_rss_mib() -> float:
@@ -414,7 +408,14 @@ def main(argv: list[str]) -> None:
         help="nodes from which a set is published once under global. (a large value: always per node)",
     )
     parser.add_argument("--nats", action="store_true", help="also through the service and a nats-server")
-    parser.add_argument("--nats-changes", type=int, default=200, help="lone label changes through NATS")
+    parser.add_argument("--nats-changes", type=int, default=500, help="lone label changes through NATS")
+    parser.add_argument(
+        "--no-freeze", action="store_true", help="--nats without the service's heap freezing (for comparison)"
+    )
+    parser.add_argument("--no-pure", action="store_true", help="skip the in-process compiler figures")
+    parser.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop (services run on uvloop)"
+    )
     args = parser.parse_args(argv)
     if args.only is not None:
         sizes = [SIZES[args.only]]
@@ -427,7 +428,7 @@ def main(argv: list[str]) -> None:
         "global_set_nodes": args.global_set_nodes,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
-    for pods, namespaces, nodes, policies in sizes:
+    for pods, namespaces, nodes, policies in [] if args.no_pure else sizes:
         compiler, pod_objs, figures = cold(pods, namespaces, nodes, policies, args.global_set_nodes)
         figures["peak_rss_mib"] = peak_rss_mib()  # the largest size runs first, so this is its peak
         figures.update(incremental(compiler, pod_objs, args.rounds))
@@ -440,7 +441,10 @@ def main(argv: list[str]) -> None:
         del compiler, pod_objs
         gc.collect()
     if args.nats:
-        result["nats"] = asyncio.run(with_nats(sizes, args.global_set_nodes, args.nats_changes))
+        result["loop"] = args.loop
+        result["nats"] = run_loop(
+            with_nats(sizes, args.global_set_nodes, args.nats_changes, freeze=not args.no_freeze), args.loop
+        )
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 

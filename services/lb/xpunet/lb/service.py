@@ -44,7 +44,7 @@ from xpunet.ir.lb import (
 from xpunet.lb.coldstart import ColdStart
 from xpunet.lb.state import LbCompiler
 from xpunet.model.objects import EndpointSlice, K8sObject, Kind, Node, Service
-from xpunet.runtime.compiler_service import CompilerMetrics, CompilerService, FlushResult
+from xpunet.runtime.compiler_service import CompilerMetrics, CompilerService, FlushResult, HeapFreezer
 from xpunet.runtime.context import ServiceContext
 from xpunet.runtime.settings import Settings as BaseSettings
 from xpunet.wire import WireError, decode_object, encode_object
@@ -184,6 +184,7 @@ class LbService(CompilerService):
         metrics: CompilerMetrics | None = None,
         tracer: Tracer | None = None,
         clock: Callable[[], float] = time.time,
+        heap: HeapFreezer | None = None,
         cold: ColdStart | None = None,
     ) -> None:
         self.compiler = compiler
@@ -199,6 +200,7 @@ class LbService(CompilerService):
             metrics=metrics,
             tracer=tracer,
             clock=clock,
+            heap=heap,
         )
 
     async def run(self, stopping: asyncio.Event, *, on_synced: Callable[[], None] | None = None) -> None:
@@ -239,6 +241,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             metrics=lb_metrics(ctx),
             tracer=ctx.tracer,
             cold=cold,
+            heap=HeapFreezer(),
         )
         await service.run(ctx.stopping, on_synced=ctx.mark_ready)
     finally:

@@ -42,7 +42,7 @@ from xpunet.ir.policy import (
 from xpunet.model.errors import ModelError
 from xpunet.model.objects import K8sObject, Kind, Namespace, NetworkPolicy, Pod
 from xpunet.policy.compiler import DEFAULT_GLOBAL_SET_NODES, PolicyCompiler
-from xpunet.runtime.compiler_service import CompilerMetrics, CompilerService, FlushResult
+from xpunet.runtime.compiler_service import CompilerMetrics, CompilerService, FlushResult, HeapFreezer
 from xpunet.runtime.context import ServiceContext
 from xpunet.runtime.settings import Settings as BaseSettings
 from xpunet.wire import WireError, encode_object
@@ -200,6 +200,7 @@ class PolicyService(CompilerService):
         metrics: CompilerMetrics | None = None,
         tracer: Tracer | None = None,
         clock: Callable[[], float] = time.time,
+        heap: HeapFreezer | None = None,
     ) -> None:
         self.compiler = compiler
         self.feed = PolicyFeed(compiler, existing=existing, existing_reports=existing_reports)
@@ -214,6 +215,7 @@ class PolicyService(CompilerService):
             metrics=metrics,
             tracer=tracer,
             clock=clock,
+            heap=heap,
         )
 
 
@@ -234,5 +236,6 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         existing_reports=reports,
         metrics=policy_metrics(ctx),
         tracer=ctx.tracer,
+        heap=HeapFreezer(),
     )
     await service.run(ctx.stopping, on_synced=ctx.mark_ready)
