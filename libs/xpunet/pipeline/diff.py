@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Literal
 
 from xpunet.pipeline.entries import EntryKey, Exact, FieldMatch, Lpm, Optional, Range, TableEntry, Ternary
@@ -152,91 +153,60 @@ def _sort_table(updates: list[Update]) -> None:
     non-negative match values (then the priority): each entry is then keyed by
     one int packing them at fixed widths, and its position below them, so the
     sort compares plain ints, the same order as the tuple key at a fraction of
-    its time and memory (10M Maglev buckets on a node from empty).  Anything
-    else sorts by the tuple key.
+    its time and memory (10M Maglev buckets on a node from empty).  The columns
+    are extracted and packed with C-level loops (comprehensions, ``map``).
+    Anything else sorts by the tuple key.
     """
     n = len(updates)
     if n < 2:
         return
-    first = updates[0].entry.match
-    names = tuple(name for name, _ in first)
-    kinds = tuple(type(m) for _, m in first)
-    # Pass 1: the ints each entry is compared on, flat (a fixed count per entry for one shape).
-    flat: list[int] = []
-    ok = True
-    if all(k is Exact for k in kinds):
-        # The common case, inlined: an exact field compares on its value alone.
-        nf = len(names)
-        for u in updates:
-            e = u.entry
-            m = e.match
-            if len(m) != nf:
-                ok = False
-                break
-            for (name, f), want in zip(m, names, strict=True):
-                if name != want or not isinstance(f, Exact):
-                    ok = False
-                    break
-                flat.append(f.value)
-            if not ok:
-                break
-            flat.append(e.priority)
-        stride = nf + 1
-    else:
-        stride = 0
-        for u in updates:
-            e = u.entry
-            parts = _parts(e.match, names, kinds)
-            if parts is None:
-                ok = False
-                break
-            flat += parts
-            flat.append(e.priority)
-            stride = len(parts) + 1  # the same for every entry of one shape
-    if not ok or len(flat) != stride * n or min(flat) < 0:
+    entries = [u.entry for u in updates]
+    columns = _columns([e.match for e in entries])
+    if columns is not None:
+        columns.append([e.priority for e in entries])
+    if columns is None or min(min(c) for c in columns) < 0:
         updates.sort(key=lambda u: _sort_key(u.entry))
         return
-    # The widest value of each component gives its width.
-    widths = []
-    for c in range(stride):
-        acc = 0
-        for v in flat[c::stride]:
-            acc |= v
-        widths.append(acc.bit_length())
-    # Pass 2: pack; the position goes in the low bits so the sorted ints lead back to the updates.
+    keys = columns[0]
+    for column in columns[1:]:
+        width = max(column).bit_length()
+        keys = [(k << width) | v for k, v in zip(keys, column, strict=True)]
+    # The position in the low bits: the sorted ints lead back to the updates.
     index_width = (n - 1).bit_length()
-    keys: list[int] = []
-    for i in range(n):
-        packed = 0
-        for v, w in zip(flat[i * stride : (i + 1) * stride], widths, strict=True):
-            packed = (packed << w) | v
-        keys.append((packed << index_width) | i)
-    del flat
+    keys = [(k << index_width) | i for i, k in enumerate(keys)]
     keys.sort()
     mask = (1 << index_width) - 1
     updates[:] = [updates[k & mask] for k in keys]
 
 
-def _parts(
-    match: tuple[tuple[str, FieldMatch], ...], names: tuple[str, ...], kinds: tuple[type, ...]
-) -> list[int] | None:
-    """The ints :func:`_match_order` compares after the kind (constant for one shape), or None when
-    ``match`` has other fields or kinds than ``names``/``kinds``, or a negative value."""
-    if len(match) != len(names):
+_COMPONENTS: Mapping[type, tuple[str, ...]] = {
+    # What _match_order compares after the kind (a constant per column), zeros dropped.
+    Exact: ("value",),
+    Optional: ("value",),
+    Lpm: ("value", "prefix_len"),
+    Ternary: ("value", "mask"),
+    Range: ("low", "high"),
+}
+
+
+def _columns(matches: list[tuple[tuple[str, FieldMatch], ...]]) -> list[list[int]] | None:
+    """The ints each match is compared on, one list per component, or None when the matches do not
+    all have the same fields with the same kinds."""
+    first = matches[0]
+    n = len(matches)
+    if set(map(len, matches)) != {len(first)}:
         return None
-    out: list[int] = []
-    for (name, m), want, kind in zip(match, names, kinds, strict=True):
-        if name != want or type(m) is not kind:
+    out: list[list[int]] = []
+    for i, (name, m0) in enumerate(first):
+        pairs = [m[i] for m in matches]
+        if [p[0] for p in pairs].count(name) != n:
             return None
-        if isinstance(m, Exact):
-            if m.value < 0:
-                return None
-            out.append(m.value)
-            continue
-        _, a, b = _match_order(m)
-        if a < 0 or b < 0:
+        fields = [p[1] for p in pairs]
+        kind = type(m0)
+        if set(map(type, fields)) != {kind}:
             return None
-        out += (a, b)
+        for attr in _COMPONENTS[kind]:
+            out.append(list(map(attrgetter(attr), fields)))
     return out
 
 

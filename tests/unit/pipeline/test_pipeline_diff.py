@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from xpunet.ir.lb import Backend, BackendSet, Frontend, LbServicePort
 from xpunet.ir.policy import PolicyEndpoint
 from xpunet.ir.routes import NodeRoute
-from xpunet.pipeline.diff import apply_batch, diff, table_rank
-from xpunet.pipeline.entries import Exact, TableEntry, make_entry
+from xpunet.pipeline.diff import Update, _sort_key, apply_batch, diff, phased, table_rank
+from xpunet.pipeline.entries import Exact, FieldMatch, Lpm, Optional, Range, TableEntry, Ternary, make_entry
 from xpunet.pipeline.lowering import NodeIntents, NodePorts, lower
 
 PORTS = NodePorts({"d/a": 11, "d/b": 12}, host=1, uplinks=(2,))
@@ -85,3 +85,51 @@ def test_applying_the_batch_gives_the_new_set(
     batch = diff(old, new)
     assert apply_batch(old, batch) == set(new)
     assert len(diff(new, apply_batch(old, batch))) == 0
+
+
+# --- the order inside a phase ------------------------------------------------------------------
+
+_FIELD_MATCHES: dict[str, st.SearchStrategy[FieldMatch]] = {
+    "exact": st.builds(Exact, st.integers(0, 70)),
+    "big": st.builds(Exact, st.integers(0, 2**130)),
+    "lpm": st.builds(Lpm, st.integers(0, 15).map(lambda v: v << 4), st.integers(0, 28)),
+    "ternary": st.builds(Ternary, st.integers(0, 3), st.integers(0, 3)),
+    "range": st.builds(Range, st.integers(0, 5), st.integers(5, 9)),
+    "optional": st.builds(Optional, st.integers(0, 3)),
+    "mixed_kind": st.one_of(st.builds(Exact, st.integers(0, 3)), st.builds(Optional, st.integers(0, 3))),
+    "negative": st.builds(Exact, st.integers(-3, 3)),
+}
+
+
+@st.composite
+def _updates(draw: st.DrawFn) -> list[Update]:
+    """Updates on two tables, each with its own shape: fixed fields of one kind each (the packed-int
+    sort), or fields that come and go, mixed kinds, negative values (the tuple-key sort)."""
+    out: list[Update] = []
+    seen: set[object] = set()
+    for table in ("t.a", "t.b"):
+        kinds = draw(st.lists(st.sampled_from(sorted(_FIELD_MATCHES)), max_size=3))
+        varying = draw(st.booleans())
+        for _ in range(draw(st.integers(0, 25))):
+            match = tuple(
+                (f"f{i}", draw(_FIELD_MATCHES[k]))
+                for i, k in enumerate(kinds)
+                if not varying or draw(st.booleans())
+            )
+            e = TableEntry(table, match, "a", (), draw(st.integers(0, 4)))
+            if e.key not in seen:
+                seen.add(e.key)
+                out.append(Update(draw(st.sampled_from(("INSERT", "MODIFY", "DELETE"))), e))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(_updates())
+def test_phase_order_is_the_sort_key_order(updates: list[Update]) -> None:
+    """phased() sorts each table on packed ints when it can: the order must be that of _sort_key."""
+    batch = phased(updates)
+    assert sorted(map(_sort_key, (u.entry for u in batch.updates))) == sorted(
+        map(_sort_key, (u.entry for u in updates))
+    )
+    for phase in batch.phases:
+        assert list(phase) == sorted(phase, key=lambda u: _sort_key(u.entry))
