@@ -28,7 +28,15 @@ from xpunet.datapath.kernel.ruleset import (
     bootstrap_script,
     pick_chain_rules,
 )
-from xpunet.ir.lb import Affinity, Backend, BackendSet, ConntrackTimeouts, Frontend, LbServicePort
+from xpunet.ir.lb import (
+    Affinity,
+    Backend,
+    BackendSet,
+    ConntrackTimeouts,
+    Frontend,
+    LbNodeAddresses,
+    LbServicePort,
+)
 from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRule, PortRange, RuleOrigin
 from xpunet.ir.routes import NodeRoute
 from xpunet.lb.maglev import build_table
@@ -288,3 +296,36 @@ def test_bootstrap_script_is_idempotent_in_shape() -> None:
     assert "add map" not in again
     assert "delete counter inet xpunet ruleset_old" in again
     assert "flush table" not in first + again
+
+
+def test_a_frontend_on_a_node_address_shadows_nodeports_and_follows_the_address() -> None:
+    def lowered(node_addrs: tuple[str, ...]) -> tuple[TableEntry, ...]:
+        svc = LbServicePort(
+            8,
+            "d",
+            "ext",
+            "ipv4",
+            "TCP",
+            30007,
+            frontends=(Frontend("external_ip", "192.168.0.9", 30007),),
+            internal=backends("10.0.1.10"),
+        )
+        base = intents()
+        low = lower(
+            dataclasses.replace(
+                base, services=(*base.services, svc), addresses=LbNodeAddresses("n1", node_addrs)
+            ),
+            PORTS,
+        )
+        assert low.problems == ()
+        return low.entries
+
+    shadow = ("np_shadow4", (0xC0A80009, 6, 30007))
+    s = fresh(lowered(("192.168.0.2",)))
+    assert shadow not in s.items()
+    # The node gains that address: the frontend re-renders with the pipeline's precedence.
+    delta = s.update(diff(lowered(("192.168.0.2",)), lowered(("192.168.0.2", "192.168.0.9"))).updates)
+    assert shadow in delta.add
+    assert s.items() == fresh(lowered(("192.168.0.2", "192.168.0.9"))).items()
+    delta = s.update(diff(lowered(("192.168.0.2", "192.168.0.9")), lowered(("192.168.0.2",))).updates)
+    assert shadow in delta.delete

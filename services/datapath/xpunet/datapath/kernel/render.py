@@ -147,6 +147,19 @@ def _link(index: dict[int, set[EntryKey]], k: int, ekey: EntryKey, add: bool) ->
                 del index[k]
 
 
+def _link_addr(
+    index: dict[tuple[int, int], set[EntryKey]], k: tuple[int, int], ekey: EntryKey, add: bool
+) -> None:
+    if add:
+        index.setdefault(k, set()).add(ekey)
+    else:
+        s = index.get(k)
+        if s is not None:
+            s.discard(ekey)
+            if not s:
+                del index[k]
+
+
 _SCANNED = frozenset({"port", "ipset", "next_hop", "ct"})  # kinds whose tables the renderers scan
 
 
@@ -236,6 +249,9 @@ class KernelState:
         self._heads: dict[int, dict[EntryKey, TableEntry]] = {}  # backend_group entries by group
         self._maglev: dict[int, dict[EntryKey, TableEntry]] = {}  # maglev_backend_* entries by group
         self._fe_by_group: dict[int, set[EntryKey]] = {}
+        # Frontend addresses that are also node addresses shadow NodePorts (see ruleset._node_port).
+        self._fe_by_addr: dict[tuple[int, int], set[EntryKey]] = {}
+        self._node_addrs: set[tuple[int, int]] = set()
         self._fib_by_nh: dict[int, set[EntryKey]] = {}
         self._backends: dict[
             tuple[int, int], list[tuple[int, int]]
@@ -281,6 +297,8 @@ class KernelState:
             if e.param("flags") & FLAG_LOCAL_PODS_USE_INTERNAL:
                 # Local pods use the internal group: the frontend renders it too.
                 _link(self._fe_by_group, internal_group(e), ekey, add)
+            if not table.endswith(("node_port_v4", "node_port_v6")):
+                _link_addr(self._fe_by_addr, (_fam(e), _exact(e, "dst_addr")), ekey, add)
             return (("fe", ekey),)
         if kind == "port":
             units: list[Unit] = [("port", _exact(e, "in_port"))]
@@ -313,7 +331,12 @@ class KernelState:
         if kind == "ipset":
             return (("ipset", _alias(table)),)
         if kind == "node_addr":
-            return (("node_addr", ekey),)
+            addr = (_fam(e), _exact(e, "dst_addr"))
+            if add:
+                self._node_addrs.add(addr)
+            else:
+                self._node_addrs.discard(addr)
+            return (("node_addr", ekey), *(("fe", k) for k in self._fe_by_addr.get(addr, ())))
         if kind == "ct":
             return (("ct", 0),)
         return ()
@@ -485,6 +508,9 @@ class KernelState:
         skey: tuple[object, ...] = (proto, port) if nodeport else (_exact(fe, "dst_addr"), proto, port)
         flags = fe.param("flags")
         out: Items = {}
+        if not nodeport and (_fam(fe), _exact(fe, "dst_addr")) in self._node_addrs:
+            # The pipeline never consults node_port for this address, protocol and port.
+            out[(f"np_shadow{_fam(fe)}", skey)] = None
         if flags & FLAG_SNAT_TO_NODE:
             out[(f"{'np' if nodeport else 'fe'}_snat{_fam(fe)}", skey)] = None
         self._render_group(out, fe, fe.param("backend_group"), fkey, skey, False, problems)

@@ -159,6 +159,7 @@ def _containers() -> dict[str, Container]:
             Container(f"np_reject{v}", ("proto", "port")),
             Container(f"np_drop{v}", ("proto", "port")),
             Container(f"np_snat{v}", ("proto", "port")),
+            Container(f"np_shadow{v}", (k, "proto", "port")),
         ]
         out += [
             Container(f"fe_pick{v}", (k, "proto", "port"), "verdict"),
@@ -224,6 +225,20 @@ _MSS_CLAMP = "oifname @mss_clamp tcp flags syn / syn,rst tcp option maxseg size 
 _ND = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
 
 
+def _node_port(v: int) -> str:
+    """The match of a NodePort rule: a node address that is not also a frontend of its own.
+
+    The pipeline looks ``service_frontend`` up first and ``node_port`` only on a miss, so an
+    externalIP equal to a node address shadows a NodePort of the same protocol and port.  The
+    frontend's own rules come first everywhere; this keeps the NodePort's checks and marks from
+    applying too.  ``np_shadow`` holds the frontends on node addresses (not ``fe_pick``: a verdict
+    map whose chains DNAT cannot be looked up from a filter chain).  Only packets to a node address
+    pay the extra lookup.
+    """
+    p = "ip" if v == 4 else "ip6"
+    return f"{p} daddr @node_addr{v} {p} daddr . meta l4proto . th dport != @np_shadow{v}"
+
+
 def _nat_rules(*, pods: bool) -> list[str]:
     # The frontend picks the chain that hashes with its backend count (see pick_chain).  A pod of
     # this node tries the internal-group maps first (only Local-policy external frontends are in
@@ -231,7 +246,7 @@ def _nat_rules(*, pods: bool) -> list[str]:
     out = []
     for v, p in ((4, "ip"), (6, "ip6")):
         fe = f"{p} daddr . meta l4proto . th dport"
-        np = f"{p} daddr @node_addr{v} meta l4proto . th dport"
+        np = f"{_node_port(v)} meta l4proto . th dport"
         out += [f"iifname @pod_ifs {fe} vmap @fi_pick{v}"] if pods else []
         out += [f"{fe} vmap @fe_pick{v}"]
         out += [f"iifname @pod_ifs {np} vmap @ni_pick{v}"] if pods else []
@@ -249,13 +264,12 @@ def _affinity_mark_rules(*, pods: bool) -> list[str]:
     for v, p in ((4, "ip"), (6, "ip6")):
         out += [
             f"ct mark set {p} daddr . meta l4proto . th dport map @fe_aff{v}",
-            f"{p} daddr @node_addr{v} ct mark set meta l4proto . th dport map @np_aff{v}",
+            f"{_node_port(v)} ct mark set meta l4proto . th dport map @np_aff{v}",
         ]
         if pods:
             out += [
                 f"iifname @pod_ifs ct mark set {p} daddr . meta l4proto . th dport map @fi_aff{v}",
-                f"iifname @pod_ifs {p} daddr @node_addr{v} ct mark set meta l4proto . th dport "
-                f"map @ni_aff{v}",
+                f"iifname @pod_ifs {_node_port(v)} ct mark set meta l4proto . th dport map @ni_aff{v}",
             ]
     return out
 
@@ -372,7 +386,7 @@ def _svc_check_rules(*, pods: bool) -> list[str]:
     out = ["ct state established,related accept"]
     for v, p in ((4, "ip"), (6, "ip6")):
         fe = f"{p} daddr . meta l4proto . th dport"
-        np = f"{p} daddr @node_addr{v} meta l4proto . th dport"
+        np = f"{_node_port(v)} meta l4proto . th dport"
         out += [f"{fe} vmap @fi_chk{v}"] if pods else []
         out += [
             f"{fe} @fe_reject{v} goto reject_no_backend",
@@ -394,7 +408,7 @@ def _snat_mark_rules() -> list[str]:
         mark = f"ct mark set ct mark or {SNAT_CT_MARK:#x}"
         out += [
             f"{p} daddr . meta l4proto . th dport @fe_snat{v} {mark}",
-            f"{p} daddr @node_addr{v} meta l4proto . th dport @np_snat{v} {mark}",
+            f"{_node_port(v)} meta l4proto . th dport @np_snat{v} {mark}",
         ]
     return out
 
