@@ -111,3 +111,28 @@ async def test_standalone_agent_process(
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
     assert not _exists(agent_socket)  # removed on the way out
+
+
+@pytest.mark.parametrize("pool_size", [0, 3], ids=["made-in-pod", "from-stock"])
+async def test_agent_rolls_back_a_failed_add(
+    start_server: ServerFactory,
+    settings: AttachSettings,
+    host_ns: str,
+    pod_ns: PodNs,
+    tmp_path: Path,
+    pool_size: int,
+) -> None:
+    agent_socket = str(tmp_path / "agent.sock")
+    server = await start_server(cni_agent_socket=agent_socket, pool_size=pool_size, low_water=0)
+    conf = runtime.netconf(settings.socket_path, agent_socket=agent_socket)
+    pod = pod_ns()
+    await run_command("ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "other0")
+    add = await run_plugin(host_ns, "ADD", conf, container_id="rb", netns_name=pod)
+    assert add.out is not None
+    assert (add.rc, add.out["code"]) == (1, errors.IO_FAILURE), add
+    assert "eth0 already exists" in add.out["msg"]
+    assert server.cni_agent is not None
+    assert server.cni_agent.served == 1
+    assert await link_names(pod) == ["eth0", "lo", "other0"]
+    assert server.attacher.list() == ()
+    assert server.attacher.ipam.leases() == ()

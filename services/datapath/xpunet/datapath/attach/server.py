@@ -265,12 +265,13 @@ class AttachServer:
         self._server = server
         if self.settings.cni_agent_socket:
             from xpunet.datapath.cni.agent import CniAgent
-            from xpunet.datapath.cni.local import local_connect
+            from xpunet.datapath.cni.local import LocalTarget
 
-            # Verbs for this datapath's own socket call the service in-process (no gRPC round trip).
-            connect = local_connect(service, asyncio.get_running_loop(), self.settings.socket_path)
+            # Verbs for this datapath's own socket run on this event loop and call the service
+            # in-process (no gRPC round trip, no thread hop).
+            local = LocalTarget(service, asyncio.get_running_loop(), self.settings.socket_path)
             self.cni_agent = CniAgent(
-                self.settings.cni_agent_socket, netns=self.settings.host_netns, connect=connect
+                self.settings.cni_agent_socket, netns=self.settings.host_netns, local=local
             )
             await self.cni_agent.start()
         log.info(

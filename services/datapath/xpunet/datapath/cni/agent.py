@@ -2,12 +2,14 @@
 
 The exec'ed `xpunet-cni` (the C shim or main.py) sends its CNI_* environment
 and stdin on a unix socket and reads back the exit code and stdout (framing
-in wire.py).  Each request
-runs `verbs.run` in a worker thread; the workers enter the host network
+in wire.py).  Each request runs the same verb code as the exec'ed plugin
+(verbs.py).  Inside the
+datapath (`local`), a verb for the datapath's own socket runs on the event
+loop and calls the infra API in-process (cni/local.py); any other verb runs
+in a worker thread and calls over gRPC.  The workers enter the host network
 namespace once at start (`netns`, for a datapath whose pods' host is not its
-own namespace, as in tests), so the verbs see the same host side as the
-exec'ed plugin would.  The verbs still call the infra API over gRPC and do
-the pod side with pyroute2: the agent only saves the start-up of a process.
+own namespace, as in tests), and the event-loop verbs are told it, so the
+verbs see the same host side as the exec'ed plugin would.
 
 The agent must run where the plugin would: on the node, with the pods'
 namespace paths (/run/netns, /proc) visible.  `AttachServer` starts one when
@@ -31,7 +33,7 @@ from xpunet.datapath.cni.main import DEFAULT_AGENT_SOCKET
 from xpunet.datapath.cni.wire import MAX_MESSAGE, WireError, decode_request, encode_reply
 
 if TYPE_CHECKING:
-    from xpunet.datapath.cni.verbs import Connect
+    from xpunet.datapath.cni.local import LocalTarget
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,12 @@ class CniAgent:
         *,
         netns: str = "",
         workers: int = 32,
-        connect: Connect | None = None,
+        local: LocalTarget | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.netns = netns
-        self._connect = connect  # how the verbs reach the infra API (None: gRPC, per network config)
+        # Inside the datapath: its own infra API, in-process; verbs for it run on the event loop.
+        self._local = local
         self.served = 0
         self._pool = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="cni-agent", initializer=_enter_netns, initargs=(netns,)
@@ -86,7 +89,7 @@ class CniAgent:
         self._pool.shutdown(wait=True, cancel_futures=False)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from xpunet.datapath.cni.verbs import run
+        from xpunet.datapath.cni.verbs import run, run_async
 
         try:
             data = b""
@@ -99,8 +102,14 @@ class CniAgent:
             log.warning("cni agent: bad request: %s", exc)
             writer.close()
             return
-        work = functools.partial(run, env, stdin, connect=self._connect)
-        code, output = await asyncio.get_running_loop().run_in_executor(self._pool, work)
+        answer = None
+        if self._local is not None:
+            answer = await run_async(env, stdin, connect=self._local.call, host_netns=self.netns)
+        if answer is None:  # another datapath (gRPC, blocking): in a worker thread
+            connect = self._local.connect if self._local is not None else None
+            work = functools.partial(run, env, stdin, connect=connect)
+            answer = await asyncio.get_running_loop().run_in_executor(self._pool, work)
+        code, output = answer
         self.served += 1
         try:
             writer.write(encode_reply(code, output, legacy=legacy))

@@ -2,16 +2,17 @@
 
 In host mode the resident CNI agent runs inside the datapath, next to the
 infra API it would otherwise call over its unix socket: per ADD that was a
-gRPC client call in the agent's worker thread and a gRPC server call on the
-event loop, a few milliseconds of CPU on the same interpreter (docs/cni.md
-"ADD latency").  `LocalInfra` runs the same InfraService coroutine on the
-datapath's event loop instead, passes the protobuf messages as they are, and
-maps failures through the same two functions the wire path uses
-(`server.failure_of`, then `client.map_status`), so a verb sees exactly the
-errors it would see over gRPC.
+gRPC client call in a worker thread and a gRPC server call on the event
+loop, a few milliseconds of CPU on the same interpreter (docs/cni.md "ADD
+latency").  Here the same InfraService coroutines are awaited directly, the
+protobuf messages passed as they are, and failures mapped through the same
+two functions the wire path uses (`server.failure_of`, then
+`client.map_status`), so a verb sees exactly the errors it would see over
+gRPC.  Two forms: `call` for verbs run on the event loop (steps.drive_async),
+`connect` (an `InfraCalls`) for verbs run in the agent's worker threads.
 
-Used only for a network config that names this datapath's own socket; any
-other target (a datapath on an xPU, another socket) goes over gRPC.
+Only for a network config that names this datapath's own socket; any other
+target (a datapath on an xPU, another socket) goes over gRPC.
 """
 
 from __future__ import annotations
@@ -29,18 +30,28 @@ from xpunet.datapath.attach.server import InfraService, failure_of
 from xpunet.datapath.cni.client import InfraCalls, InfraClient, map_status
 from xpunet.datapath.cni.config import NetConf
 from xpunet.datapath.cni.errors import CniError
+from xpunet.datapath.cni.steps import AsyncCall, Call
 
 Resp = TypeVar("Resp", bound=Message)
 
 
-class LocalInfra:
-    def __init__(
-        self, service: InfraService, loop: asyncio.AbstractEventLoop, *, target: str, timeout: float
-    ) -> None:
-        self._service = service
+def _failure(method: str, target: str, exc: BaseException) -> CniError:
+    if isinstance(exc, TimeoutError | concurrent.futures.TimeoutError):
+        code, reason, details = grpc.StatusCode.DEADLINE_EXCEEDED, "", "Deadline Exceeded"
+    elif isinstance(exc, Exception):
+        failure = failure_of(exc)
+        code, reason, details = failure.code, failure.reason, failure.message
+    else:
+        code, reason, details = grpc.StatusCode.CANCELLED, "", type(exc).__name__
+    return map_status(code, reason, details, method, target)
+
+
+class LocalTarget:
+    """This datapath's InfraService, for configs naming its socket."""
+
+    def __init__(self, service: InfraService, loop: asyncio.AbstractEventLoop, socket_path: str) -> None:
         self._loop = loop
-        self.target = target
-        self._timeout = timeout
+        self._own = os.path.abspath(socket_path) if socket_path else ""
         self._methods: dict[str, Callable[[Any], Awaitable[Message]]] = {
             "Attach": service.attach,
             "Detach": service.detach,
@@ -50,62 +61,70 @@ class LocalInfra:
             "GC": service.gc,
         }
 
+    def _is_ours(self, conf: NetConf) -> bool:
+        return bool(self._own) and not conf.address and os.path.abspath(conf.socket) == self._own
+
+    def call(self, conf: NetConf) -> AsyncCall | None:
+        """Calls on the event loop (the caller's), or None when `conf` names another datapath."""
+        if not self._is_ours(conf):
+            return None
+        target, timeout = f"unix:{conf.socket}", conf.timeout
+
+        async def call(step: Call) -> Message:
+            try:
+                return await asyncio.wait_for(self._methods[step.method](step.request), timeout)
+            except Exception as exc:
+                raise _failure(step.method, target, exc) from exc
+
+        return call
+
+    def connect(self, conf: NetConf) -> InfraCalls:
+        """Blocking calls for a worker thread: in-process for this datapath, else gRPC."""
+        if self._is_ours(conf):
+            return _ThreadCalls(self, f"unix:{conf.socket}", conf.timeout)
+        return InfraClient(conf)
+
+
+class _ThreadCalls:
+    def __init__(self, target: LocalTarget, name: str, timeout: float) -> None:
+        self._target = target
+        self.name = name
+        self.timeout = timeout
+
     def call(self, method: str, request: Message, response_type: type[Resp]) -> Resp:
         return self.start(method, request, response_type).result()
 
-    def start(self, method: str, request: Message, response_type: type[Resp]) -> _LocalPending[Resp]:
-        future = asyncio.run_coroutine_threadsafe(self._call(method, request), self._loop)
-        return _LocalPending(self, method, future, response_type)
-
-    async def _call(self, method: str, request: Message) -> Message:
-        return await self._methods[method](request)
+    def start(self, method: str, request: Message, response_type: type[Resp]) -> _Pending[Resp]:
+        work = self._target._methods[method](request)
+        future = asyncio.run_coroutine_threadsafe(_awaited(work), self._target._loop)
+        return _Pending(self, method, future, response_type)
 
     def close(self) -> None:
         return None
 
-    def fail(self, method: str, exc: BaseException) -> CniError:
-        if isinstance(exc, concurrent.futures.TimeoutError):
-            code, reason, details = grpc.StatusCode.DEADLINE_EXCEEDED, "", "Deadline Exceeded"
-        elif isinstance(exc, Exception):
-            failure = failure_of(exc)
-            code, reason, details = failure.code, failure.reason, failure.message
-        else:
-            code, reason, details = grpc.StatusCode.CANCELLED, "", f"{type(exc).__name__}"
-        return map_status(code, reason, details, method, self.target)
+
+async def _awaited(work: Awaitable[Message]) -> Message:
+    return await work
 
 
-class _LocalPending(Generic[Resp]):
+class _Pending(Generic[Resp]):
     def __init__(
         self,
-        infra: LocalInfra,
+        calls: _ThreadCalls,
         method: str,
         future: concurrent.futures.Future[Message],
         response_type: type[Resp],
     ) -> None:
-        self._infra = infra
+        self._calls = calls
         self._method = method
         self._future = future
         self._type = response_type
 
     def result(self) -> Resp:
         try:
-            response = self._future.result(timeout=self._infra._timeout)
+            response = self._future.result(timeout=self._calls.timeout)
         except BaseException as exc:
             self._future.cancel()
-            raise self._infra.fail(self._method, exc) from exc
+            raise _failure(self._method, self._calls.name, exc) from exc
         assert isinstance(response, self._type)  # the method table pairs each RPC with its type
         return response
-
-
-def local_connect(
-    service: InfraService, loop: asyncio.AbstractEventLoop, socket_path: str
-) -> Callable[[NetConf], InfraCalls]:
-    """A `connect` for verbs.run: in-process for configs naming `socket_path`, gRPC for the rest."""
-    own = os.path.abspath(socket_path) if socket_path else ""
-
-    def connect(conf: NetConf) -> InfraCalls:
-        if own and not conf.address and os.path.abspath(conf.socket) == own:
-            return LocalInfra(service, loop, target=f"unix:{conf.socket}", timeout=conf.timeout)
-        return InfraClient(conf)
-
-    return connect

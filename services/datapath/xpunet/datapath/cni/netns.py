@@ -20,7 +20,6 @@ import errno
 import ipaddress
 import os
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,11 +103,12 @@ async def _ours(ipr: Any, plan: Plan) -> int | None:
     return await _lookup(ipr, plan.device)
 
 
-def plumb(plan: Plan, netns_path: str) -> None:
+def plumb(plan: Plan, netns_path: str, *, host_netns: str = "") -> None:
     """Move the vNIC into the pod and configure it (rename, MAC, MTU, up, addresses, routes).
 
     Two or three batches of rtnetlink requests in the pod's namespace (rtnl.py): look up the
-    interface under both names, then everything else at once."""
+    interface under both names, then everything else at once.  `host_netns`: where a vNIC not yet
+    in the pod is ("": this thread's namespace)."""
     with rtnl.Rtnl(_socket_in(netns_path)) as pod:
         try:
             existing, stray = pod.run(
@@ -129,7 +129,7 @@ def plumb(plan: Plan, netns_path: str) -> None:
             else:
                 if stray is None:
                     # Not made in the pod (a vNIC from stock, a VF): moved from the host, renamed.
-                    _move(plan, netns_path)
+                    _move(plan, netns_path, host_netns)
                     stray = pod.get_link(plan.ifname)
                     if stray is None:
                         raise NetnsError(
@@ -151,11 +151,11 @@ def plumb(plan: Plan, netns_path: str) -> None:
             raise NetnsError(f"configuring {plan.ifname} in {netns_path} failed: {exc}") from exc
 
 
-def _move(plan: Plan, netns_path: str) -> None:
+def _move(plan: Plan, netns_path: str, host_netns: str) -> None:
     """Move the vNIC from the host into the pod namespace, renamed and with its MAC and MTU, in one
     RTM_NEWLINK.  The kernel does this under its RTNL lock with an RCU barrier (~16 ms here): the
     veth back-end avoids it by making the pod side in the pod (docs/cni.md "ADD latency")."""
-    with rtnl.Rtnl() as host:  # this thread is in the host namespace
+    with rtnl.Rtnl(rtnl.socket_in(host_netns)) if host_netns else rtnl.Rtnl() as host:
         link = host.get_link(plan.device)
         if link is None:
             raise NetnsError(f"vNIC {plan.device} is in neither the host namespace nor {netns_path}")
@@ -170,9 +170,10 @@ def _move(plan: Plan, netns_path: str) -> None:
             os.close(fd)
 
 
-async def unplumb(plan: Plan, netns_path: str, *, move_back: bool) -> None:
+async def unplumb(plan: Plan, netns_path: str, *, move_back: bool, host_netns: str = "") -> None:
     """Undo `plumb`: a VF or sub-function goes back to the host under its own name; a veth end
-    is deleted (its host side goes with it).  Missing pieces are fine: DEL is idempotent."""
+    is deleted (its host side goes with it).  Missing pieces are fine: DEL is idempotent.
+    `host_netns`: the host's namespace ("": this thread's)."""
     if not netns_path:
         return
     try:
@@ -188,7 +189,8 @@ async def unplumb(plan: Plan, netns_path: str, *, move_back: bool) -> None:
             return
         await pod.link("set", index=index, state="down")
         await pod.link("set", index=index, ifname=plan.device)
-        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # this thread is in the host namespace
+        host = (host_netns if "/" in host_netns else f"/run/netns/{host_netns}") if host_netns else ""
+        fd = os.open(host or "/proc/thread-self/ns/net", os.O_RDONLY)
         try:
             await pod.link("set", index=index, net_ns_fd=fd)
         finally:
@@ -224,8 +226,3 @@ async def inspect(netns_path: str, ifname: str) -> Observed:
     finally:
         pod.close()
     return seen
-
-
-def routes_of(plan_routes: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Normalised (dst, gw) pairs as the kernel reports them."""
-    return {(str(ipaddress.ip_network(dst)), gw) for dst, gw in plan_routes}

@@ -2,23 +2,26 @@
 
 Runs in the exec'ed plugin process, or in the resident agent (see agent.py).
 Takes the CNI_* environment and the network config, asks the datapath's
-infra API for the pod's vNIC and addresses, plumbs the pod side with pyroute2
-and returns the result JSON.  Every failure returns the spec's error JSON and
-a non-zero code; an ADD that fails after the datapath attached undoes the pod
-side and detaches, so nothing is left half-attached.
+infra API for the pod's vNIC and addresses, plumbs the pod side and returns
+the result JSON.  Every failure returns the spec's error JSON and a non-zero
+code; an ADD that fails after the datapath attached undoes the pod side and
+detaches, so nothing is left half-attached.
 
-gRPC, protobuf and pyroute2 are imported only by the verbs that need them
-(ADD imports pyroute2 while its Attach call is in flight): in the exec'ed
-plugin every import is paid for on each call.
+Each verb is a generator of steps (steps.py): the same verb code runs
+blocking (`run`: the exec'ed plugin, the agent's worker threads) or on the
+datapath's event loop (`run_async`: the agent inside the datapath).  gRPC,
+protobuf and pyroute2 are imported only by the verbs that need them: in the
+exec'ed plugin every import is paid for on each call.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
-from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from xpunet.datapath.cni.config import LATEST, SUPPORTED_VERSIONS, Invocation, load_json, parse_invocation
 from xpunet.datapath.cni.errors import (
@@ -29,36 +32,68 @@ from xpunet.datapath.cni.errors import (
     UNKNOWN_CONTAINER,
     CniError,
 )
+from xpunet.datapath.cni.steps import AsyncCall, Call, Flow, Inspect, Plumb, Unplumb, drive, drive_async
 
 if TYPE_CHECKING:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
     from xpunet.datapath.cni.client import InfraCalls
     from xpunet.datapath.cni.config import NetConf
-    from xpunet.datapath.cni.netns import Plan
+    from xpunet.datapath.cni.netns import Observed, Plan
 
 Connect: TypeAlias = "Callable[[NetConf], InfraCalls]"  # the infra API named by a network config
+AsyncConnect: TypeAlias = "Callable[[NetConf], AsyncCall | None]"  # in-process calls, if this datapath's
 
 log = logging.getLogger("xpunet.cni")
 
 
 def run(env: Mapping[str, str], stdin: bytes, *, connect: Connect | None = None) -> tuple[int, str]:
-    """One plugin run: (exit code, stdout).  `connect`: how to reach the infra API (default gRPC)."""
+    """One plugin run, blocking: (exit code, stdout).  `connect`: the infra API (default gRPC)."""
     version = _declared_version(stdin)
     try:
         if env.get("CNI_COMMAND") == "VERSION":
-            return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+            return 0, _version(version)
         inv = parse_invocation(env, stdin)
-        handler = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
-        result = handler[inv.command](inv, connect or _grpc_client)
-        return 0, json.dumps(result) if result is not None else ""
-    except CniError as exc:
+        reach = connect or _grpc_client
+        return _ok(drive(VERBS[inv.command](inv), lambda: reach(inv.conf)))
+    except Exception as exc:
+        return _failed(version, exc)
+
+
+async def run_async(
+    env: Mapping[str, str], stdin: bytes, *, connect: AsyncConnect, host_netns: str = ""
+) -> tuple[int, str] | None:
+    """One plugin run on the running event loop, for a config naming the datapath `connect` knows
+    in-process; None for any other (run it with `run` then)."""
+    version = _declared_version(stdin)
+    try:
+        if env.get("CNI_COMMAND") == "VERSION":
+            return 0, _version(version)
+        inv = parse_invocation(env, stdin)
+        call = connect(inv.conf)
+        if call is None:
+            return None
+        return _ok(await drive_async(VERBS[inv.command](inv), call, host_netns=host_netns))
+    except Exception as exc:
+        return _failed(version, exc)
+
+
+def _version(version: str) -> str:
+    return json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+
+
+def _ok(result: dict[str, Any] | None) -> tuple[int, str]:
+    return 0, json.dumps(result) if result is not None else ""
+
+
+def _failed(version: str, exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, CniError):
         log.warning("%s%s", exc.msg, f": {exc.details}" if exc.details else "")
         return 1, json.dumps(exc.to_json(version))
-    except Exception as exc:  # the runtime must get the error JSON, whatever went wrong
-        log.exception("unexpected failure")
-        return 1, json.dumps(
-            CniError(IO_FAILURE, f"xpunet-cni failed: {type(exc).__name__}: {exc}").to_json(version)
-        )
+    # The runtime must get the error JSON, whatever went wrong.
+    log.error("unexpected failure", exc_info=exc)
+    return 1, json.dumps(
+        CniError(IO_FAILURE, f"xpunet-cni failed: {type(exc).__name__}: {exc}").to_json(version)
+    )
 
 
 def _declared_version(stdin: bytes) -> str:
@@ -67,17 +102,6 @@ def _declared_version(stdin: bytes) -> str:
     except CniError:
         return LATEST
     return version if isinstance(version, str) and version in SUPPORTED_VERSIONS else LATEST
-
-
-# -- verbs ------------------------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-def _run_async(work: Coroutine[Any, Any, T]) -> T:
-    import asyncio  # only the verbs that touch netlink pay for it
-
-    return asyncio.run(work)
 
 
 def _grpc_client(conf: NetConf) -> InfraCalls:
@@ -112,88 +136,63 @@ def _plan(inv: Invocation, att: pb.Attachment) -> Plan:
     )
 
 
-def cmd_add(inv: Invocation, connect: Connect) -> dict[str, Any]:
+def add(inv: Invocation) -> Flow[dict[str, Any]]:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
     if not os.path.exists(inv.netns):
         raise CniError(UNKNOWN_CONTAINER, f"network namespace {inv.netns} does not exist")
-    client = connect(inv.conf)
+    request = pb.AttachRequest(pod=_pod(inv), network=inv.conf.name)
+    att = yield Call("Attach", request, pb.Attachment, netlink_next=True)
+    plan = _plan(inv, att)
     try:
-        pending = client.start(
-            "Attach", pb.AttachRequest(pod=_pod(inv), network=inv.conf.name), pb.Attachment
-        )
-        from xpunet.datapath.cni import netns  # loads pyroute2 while the datapath works
-
-        att = pending.result()
-        plan = _plan(inv, att)
-        try:
-            netns.plumb(plan, inv.netns)
-        except BaseException as exc:
-            _undo_add(client, inv, att, plan)
-            if isinstance(exc, netns.MissingNetnsError):
-                raise CniError(UNKNOWN_CONTAINER, str(exc)) from exc
-            if isinstance(exc, netns.NetnsError):
-                raise CniError(IO_FAILURE, str(exc)) from exc
-            raise
-        return build_result(inv, att)
-    finally:
-        client.close()
+        yield Plumb(plan, inv.netns)
+    except BaseException:
+        yield from _undo_add(inv, att, plan)
+        raise
+    return build_result(inv, att)
 
 
-def _undo_add(client: InfraCalls, inv: Invocation, att: pb.Attachment, plan: Plan) -> None:
+def _undo_add(inv: Invocation, att: pb.Attachment, plan: Plan) -> Flow[None]:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
-    from xpunet.datapath.cni import netns
 
     try:
-        _run_async(netns.unplumb(plan, inv.netns, move_back=att.vnic.kind != "veth"))
+        yield Unplumb(plan, inv.netns, move_back=att.vnic.kind != "veth")
     except Exception:
         log.exception("undoing the pod side of %s failed", inv.container_id)
     try:
-        client.call("Detach", pb.DetachRequest(pod=_pod(inv), network=inv.conf.name), pb.DetachResponse)
+        yield Call("Detach", pb.DetachRequest(pod=_pod(inv), network=inv.conf.name), pb.DetachResponse)
     except CniError as exc:
         log.warning("detaching %s after a failed ADD failed: %s", inv.container_id, exc.msg)
 
 
-def cmd_del(inv: Invocation, connect: Connect) -> None:
+def delete(inv: Invocation) -> Flow[None]:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
-    client = connect(inv.conf)
-    try:
-        response = client.call(
-            "Detach", pb.DetachRequest(pod=_pod(inv), network=inv.conf.name), pb.DetachResponse
-        )
-    finally:
-        client.close()
+    request = pb.DetachRequest(pod=_pod(inv), network=inv.conf.name)
+    response = yield Call("Detach", request, pb.DetachResponse)
     if not response.found or response.attachment.vnic.kind == "veth":
         # Deleting the host side of a veth removes the pod side wherever it is.
-        return
-    from xpunet.datapath.cni import netns
-
-    try:
-        _run_async(netns.unplumb(_plan(inv, response.attachment), inv.netns, move_back=True))
-    except netns.NetnsError as exc:
-        raise CniError(IO_FAILURE, str(exc)) from exc
-    return
+        return None
+    yield Unplumb(_plan(inv, response.attachment), inv.netns, move_back=True)
+    return None
 
 
-def cmd_check(inv: Invocation, connect: Connect) -> None:
+def check(inv: Invocation) -> Flow[None]:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
     if not os.path.exists(inv.netns):
         raise CniError(UNKNOWN_CONTAINER, f"network namespace {inv.netns} does not exist")
-    client = connect(inv.conf)
-    try:
-        pending = client.start("Check", pb.CheckRequest(pod=_pod(inv), network=inv.conf.name), pb.Attachment)
-        from xpunet.datapath.cni import netns
-
-        att = pending.result()
-    finally:
-        client.close()
+    request = pb.CheckRequest(pod=_pod(inv), network=inv.conf.name)
+    att = yield Call("Check", request, pb.Attachment, netlink_next=True)
     plan = _plan(inv, att)
-    try:
-        seen = _run_async(netns.inspect(inv.netns, inv.ifname))
-    except netns.NetnsError as exc:
-        raise CniError(IO_FAILURE, str(exc)) from exc
+    seen: Observed = yield Inspect(inv.netns, inv.ifname)
+    problems = _differences(inv, plan, seen)
+    if problems:
+        raise CniError(CHECK_FAILED, f"attachment of {inv.container_id}/{inv.ifname}: " + "; ".join(problems))
+    return None
+
+
+def _differences(inv: Invocation, plan: Plan, seen: Observed) -> list[str]:
     problems: list[str] = []
     if not seen.exists:
         problems.append(f"interface {inv.ifname} is missing")
@@ -207,7 +206,8 @@ def cmd_check(inv: Invocation, connect: Connect) -> None:
         missing = sorted(set(plan.addresses) - seen.addresses)
         if missing:
             problems.append(f"address(es) {', '.join(missing)} missing")
-        missing_routes = sorted(netns.routes_of(plan.routes) - seen.routes)
+        wanted = {(str(ipaddress.ip_network(dst)), gw) for dst, gw in plan.routes}  # as the kernel says
+        missing_routes = sorted(wanted - seen.routes)
         if missing_routes:
             problems.append(
                 "route(s) " + ", ".join(f"{d} via {g or 'link'}" for d, g in missing_routes) + " missing"
@@ -219,48 +219,49 @@ def cmd_check(inv: Invocation, connect: Connect) -> None:
             problems.append(
                 f"prevResult addresses {sorted(map(str, expected))} differ from the datapath's lease"
             )
-    if problems:
-        raise CniError(CHECK_FAILED, f"attachment of {inv.container_id}/{inv.ifname}: " + "; ".join(problems))
-    return
+    return problems
 
 
-def cmd_status(inv: Invocation, connect: Connect) -> None:
+def status(inv: Invocation) -> Flow[None]:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
-    client = connect(inv.conf)
     try:
-        status = client.call("Status", pb.StatusRequest(), pb.StatusResponse)
+        answer: pb.StatusResponse = yield Call("Status", pb.StatusRequest(), pb.StatusResponse)
     except CniError as exc:
         raise CniError(PLUGIN_NOT_AVAILABLE, exc.msg, exc.details) from exc
-    finally:
-        client.close()
-    if not status.ready:
-        raise CniError(PLUGIN_NOT_AVAILABLE, f"datapath not ready: {status.reason}")
-    pool = status.pool
+    if not answer.ready:
+        raise CniError(PLUGIN_NOT_AVAILABLE, f"datapath not ready: {answer.reason}")
+    pool = answer.pool
     if pool.free == 0 and pool.capacity and pool.attached >= pool.capacity:
         raise CniError(
             PLUGIN_NOT_AVAILABLE, f"vNIC pool empty: all {pool.capacity} {pool.kind} vNICs are attached"
         )
-    exhausted = [f"IPv{family}" for family, free in sorted(status.free_addresses.items()) if free == 0]
+    exhausted = [f"IPv{family}" for family, free in sorted(answer.free_addresses.items()) if free == 0]
     if exhausted:
         raise CniError(PLUGIN_NOT_AVAILABLE, f"pod IPs exhausted ({', '.join(exhausted)})")
-    return
+    return None
 
 
-def cmd_gc(inv: Invocation, connect: Connect) -> None:
+def gc(inv: Invocation) -> Flow[None]:
     from xpunet._gen.xpunet.infra.v1 import infra_pb2 as pb
 
     valid = [pb.AttachmentKey(container_id=c, ifname=i) for c, i in inv.conf.valid_attachments]
-    client = connect(inv.conf)
     try:
-        response = client.call("GC", pb.GCRequest(network=inv.conf.name, valid=valid), pb.GCResponse)
+        response = yield Call("GC", pb.GCRequest(network=inv.conf.name, valid=valid), pb.GCResponse)
     except CniError as exc:
         raise CniError(TRY_AGAIN_LATER, exc.msg, exc.details) from exc
-    finally:
-        client.close()
     for key in response.released:
         log.info("gc released %s/%s", key.container_id, key.ifname)
-    return
+    return None
+
+
+VERBS: dict[str, Callable[[Invocation], Flow[Any]]] = {
+    "ADD": add,
+    "DEL": delete,
+    "CHECK": check,
+    "STATUS": status,
+    "GC": gc,
+}
 
 
 # -- result -----------------------------------------------------------------------------------
