@@ -78,7 +78,7 @@ class Reconciler:
 
     def reset(self, actual: TargetEntries) -> None:
         """Take the target's read-back as the truth (after a start, a target restart, a stale view)."""
-        self.applied = {e.key: e for e in actual.owned}
+        self.applied = _tracked({e.key: e for e in actual.owned})
         per_table: dict[str, int] = {}
         for e in self.applied.values():
             per_table[e.table] = per_table.get(e.table, 0) + 1
@@ -260,6 +260,24 @@ class Reconciler:
             for e in self.conflicts.values()
         ]
         return lines
+
+
+def _tracked(d: dict[EntryKey, TableEntry]) -> dict[EntryKey, TableEntry]:
+    """``d``, made a container the cyclic GC tracks now rather than at its first insert.
+
+    CPython tracks a dict once it holds a tracked object.  An empty read-back's
+    dict would become tracked during the first write, after the datapath froze
+    the heap (``gc.freeze``), and sit in the young generation: every young
+    collection would then walk its millions of entries.  Tracked from the start,
+    it is frozen with the rest.  (Only a GC-cost matter: no behaviour depends on it.)"""
+    if not d:
+        d[_TRACKER_KEY] = _TRACKER_ENTRY
+        del d[_TRACKER_KEY]
+    return d
+
+
+_TRACKER_ENTRY = TableEntry("", (), "")
+_TRACKER_KEY = _TRACKER_ENTRY.key
 
 
 def desired_by_key(entries: Iterable[TableEntry]) -> dict[EntryKey, TableEntry]:
