@@ -16,6 +16,7 @@ ADD) converges on the same interface.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
@@ -149,6 +150,26 @@ def plumb(plan: Plan, netns_path: str, *, host_netns: str = "") -> None:
             pod.run(steps)
         except OSError as exc:
             raise NetnsError(f"configuring {plan.ifname} in {netns_path} failed: {exc}") from exc
+
+
+async def plumb_on_loop(plan: Plan, netns_path: str, *, host_netns: str = "") -> None:
+    """`plumb` from an event loop's thread: right here when the vNIC is already in the pod (a few
+    quick requests), in a worker thread when it must be moved (the kernel holds the caller ~16 ms
+    under its RTNL lock: the loop must not wait on that)."""
+    try:
+        with rtnl.Rtnl(_socket_in(netns_path)) as pod:
+            here = pod.run(
+                [
+                    rtnl.get_link(plan.ifname, tolerate=(errno.ENODEV,)),
+                    rtnl.get_link(plan.device, tolerate=(errno.ENODEV,)),
+                ]
+            )
+    except OSError as exc:
+        raise NetnsError(f"looking for {plan.device} in {netns_path} failed: {exc}") from exc
+    if any(link is not None for link in here):
+        plumb(plan, netns_path, host_netns=host_netns)
+    else:
+        await asyncio.to_thread(plumb, plan, netns_path, host_netns=host_netns)
 
 
 def _move(plan: Plan, netns_path: str, host_netns: str) -> None:

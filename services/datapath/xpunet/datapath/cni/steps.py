@@ -145,6 +145,8 @@ def _loop(flow: Flow[T], do: Callable[[Step], Any], before: Callable[[Step], Non
 async def drive_async(flow: Flow[T], call: AsyncCall, *, host_netns: str = "") -> T:
     """Carry out a verb's steps on the running event loop; `host_netns`: the namespace of the pods'
     host side, when it is not this thread's own."""
+    import asyncio
+
     from xpunet.datapath.cni import netns
 
     answer: Any = None
@@ -163,11 +165,14 @@ async def drive_async(flow: Flow[T], call: AsyncCall, *, host_netns: str = "") -
                 else:
                     with _netlink_errors():
                         if isinstance(step, Plumb):
-                            netns.plumb(step.plan, step.netns, host_netns=host_netns)
+                            await netns.plumb_on_loop(step.plan, step.netns, host_netns=host_netns)
                         elif isinstance(step, Unplumb):
-                            await netns.unplumb(
+                            # Rare (a failed ADD, a VF's DEL), and the kernel may hold the caller for
+                            # tens of milliseconds (a move, a veth's deletion): not on the loop.
+                            undo = netns.unplumb(
                                 step.plan, step.netns, move_back=step.move_back, host_netns=host_netns
                             )
+                            await asyncio.to_thread(asyncio.run, undo)
                         else:
                             answer = await netns.inspect(step.netns, step.ifname)
             except Exception as exc:
