@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpunet.datapath.kernel.codec import CodecError, script
+from xpunet.datapath.kernel.lpm import lpm_segments
 from xpunet.datapath.kernel.render import (
     AFFINITY_LIVE,
     CHAIN,
@@ -18,7 +19,6 @@ from xpunet.datapath.kernel.render import (
     ROUTE,
     Delta,
     KernelState,
-    lpm_segments,
 )
 from xpunet.datapath.kernel.ruleset import (
     AFFINITY_CT_MARK,

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
+from xpunet.datapath.kernel.lpm import LpmIntervals
+from xpunet.datapath.kernel.lpm import merge as _merge
 from xpunet.datapath.kernel.ruleset import (
     AFFINITY_CT_MARK,
     AFFINITY_GROUP_MASK,
@@ -189,49 +191,6 @@ def _fam(e: TableEntry) -> int:
     return 6 if e.table.endswith("_v6") else 4
 
 
-def _merge(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(intervals):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def lpm_segments(prefixes: Mapping[tuple[int, int], int], width: int) -> list[tuple[int, int, int]]:
-    """Disjoint ``(low, high, value)`` address intervals equal to longest-prefix match over ``prefixes``.
-
-    ``prefixes`` maps (network value, prefix length) → value.  Prefixes are
-    nested or disjoint, so a sweep with a stack of open prefixes yields each
-    address range under its most specific prefix.
-    """
-    spans = sorted(
-        ((net, net + (1 << (width - plen)) - 1, plen, v) for (net, plen), v in prefixes.items()),
-        key=lambda s: (s[0], s[2]),
-    )
-    out: list[tuple[int, int, int]] = []
-    stack: list[tuple[int, int, int]] = []  # (high, value, next uncovered low) of open prefixes
-    pos = 0
-
-    def close_until(limit: int) -> None:
-        nonlocal pos
-        while stack and stack[-1][0] < limit:
-            hi, v, _ = stack.pop()
-            if pos <= hi:
-                out.append((pos, hi, v))
-                pos = hi + 1
-
-    for lo, hi, _plen, v in spans:
-        close_until(lo)
-        if stack and pos < lo:
-            out.append((pos, lo - 1, stack[-1][1]))
-        pos = lo
-        stack.append((hi, v, lo))
-    close_until(1 << width)
-    return out
-
-
 class KernelState:
     """Applied entries, their indexes, and the items of every unit.  Mutated only by :meth:`update`."""
 
@@ -257,6 +216,7 @@ class KernelState:
             tuple[int, int], list[tuple[int, int]]
         ] = {}  # per _rerender: (group, v) → backend per slot
         self._by_table: dict[str, dict[EntryKey, TableEntry]] = {}  # tables rendered by scanning
+        self._lpm: dict[str, LpmIntervals] = {}  # ip_set_* alias → its prefixes and bit intervals
 
     # --- bookkeeping ------------------------------------------------------------------
 
@@ -329,7 +289,18 @@ class KernelState:
         if kind == "next_hop":
             return [("vxlan", 0), *(("route", k) for k in self._fib_by_nh.get(_exact(e, "next_hop_id"), ()))]
         if kind == "ipset":
-            return (("ipset", _alias(table)),)
+            alias = _alias(table)
+            lpm = self._lpm.get(alias)
+            if lpm is None:
+                lpm = self._lpm[alias] = LpmIntervals(32 if alias.endswith("v4") else 128)
+            side = alias.split("_")[2]
+            m = e.match_of(f"{side}_addr")
+            prefix = (m.value, m.prefix_len) if isinstance(m, Lpm) else (0, 0)
+            if add:
+                lpm.put(prefix, e.param("sets") if e.action.endswith(f"set_{side}_sets") else 0)
+            else:
+                lpm.remove(prefix)
+            return (("ipset", alias),)
         if kind == "node_addr":
             addr = (_fam(e), _exact(e, "dst_addr"))
             if add:
@@ -388,6 +359,9 @@ class KernelState:
         self._backends.clear()
         refs = self._refs
         for unit in dirty:
+            if unit[0] == "ipset":
+                self._rerender_ipset(cast(str, unit[1]), delta)
+                continue
             problems: list[str] = []
             new = self._render(unit, problems)
             old = self.units.get(unit, {})
@@ -421,6 +395,42 @@ class KernelState:
                 self.problems.pop(unit, None)
         return delta
 
+    def _rerender_ipset(self, alias: str, delta: Delta) -> None:
+        """An IP-set table's interval items, changed only where its changed prefixes reach (lpm.py)."""
+        lpm = self._lpm.get(alias)
+        if lpm is None:
+            return
+        _, _, side, fam = alias.split("_")
+        container = f"{side}{fam[1]}_b"
+        unit: Unit = ("ipset", alias)
+        items = self.units.setdefault(unit, {})
+        refs = self._refs
+        gone, came = lpm.flush()
+        for b, span in gone:
+            k: ItemKey = (f"{container}{b}", (span,))
+            del items[k]
+            refs[k] -= 1
+            if refs[k] == 0:
+                del refs[k]
+                if k in delta.add:
+                    del delta.add[k]
+                else:
+                    delta.delete[k] = None
+        for b, span in came:
+            k = (f"{container}{b}", (span,))
+            items[k] = None
+            n = refs.get(k, 0)
+            refs[k] = n + 1
+            if n == 0:
+                if k in delta.delete:
+                    del delta.delete[k]
+                else:
+                    delta.add[k] = None
+        if not items:
+            del self.units[unit]
+            if not lpm.prefixes:
+                del self._lpm[alias]
+
     # --- rendering ----------------------------------------------------------------------------
 
     def _render(self, unit: Unit, problems: list[str]) -> Items:
@@ -431,8 +441,6 @@ class KernelState:
             return self._render_endpoint(cast(int, arg), problems)
         if kind == "fe":
             return self._render_frontend(cast(EntryKey, arg), problems)
-        if kind == "ipset":
-            return self._render_ipsets(cast(str, arg))
         if kind == "node_addr":
             e = self.entries.get(cast(EntryKey, arg))
             if e is None:
@@ -618,30 +626,6 @@ class KernelState:
                 out[(CT_TIMEOUT, (name,))] = policy
                 out[(CHAIN, (name,))] = None
                 out[("ct_to", (nfproto, proto))] = f"goto:{name}"
-        return out
-
-    def _render_ipsets(self, alias: str) -> Items:
-        # alias: ip_set_{src,dst}_v{4,6}
-        _, _, side, fam = alias.split("_")
-        v = int(fam[1])
-        width = 32 if v == 4 else 128
-        prefixes: dict[tuple[int, int], int] = {}
-        for e in self._by_table.get(f"ingress.{alias}", {}).values():
-            m = e.match_of(f"{side}_addr")
-            plen, net = (m.prefix_len, m.value) if isinstance(m, Lpm) else (0, 0)
-            prefixes[(net, plen)] = e.param("sets") if e.action.endswith(f"set_{side}_sets") else 0
-        per_bit: dict[int, list[tuple[int, int]]] = {}
-        for lo, hi, bits in lpm_segments(prefixes, width):
-            b = 0
-            while bits:
-                if bits & 1:
-                    per_bit.setdefault(b, []).append((lo, hi))
-                bits >>= 1
-                b += 1
-        out: Items = {}
-        for b, spans in per_bit.items():
-            for span in _merge(spans):
-                out[(f"{side}{v}_b{b}", (span,))] = None
         return out
 
     def _render_route(self, key: EntryKey, problems: list[str]) -> Items:
