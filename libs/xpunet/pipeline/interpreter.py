@@ -504,8 +504,10 @@ class _Walk:
         self.dst, self.dport = backend
         # The kernel marks SNAT flows in prerouting: host-originated flows (output hook) are not marked.
         snat = bool(flags & FLAG_SNAT_TO_NODE) and not from_host
+        # Host traffic skips the destination pod's ingress policy on the service path too (the P4
+        # program and the kernel do): NetworkPolicy always allows connections from the pod's node.
         res = self.forward(
-            from_host=False, learn=original, egress_endpoint=src_endpoint, nat=True, snat_to_node=snat
+            from_host=from_host, learn=original, egress_endpoint=src_endpoint, nat=True, snat_to_node=snat
         )
         if affinity_key is not None and isinstance(res.verdict, Forward | ToNode):
             timeout = float(fe.param("affinity_timeout"))

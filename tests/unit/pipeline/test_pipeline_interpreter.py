@@ -152,6 +152,18 @@ def test_service_flow_is_dnated_pinned_and_replies_reverse_nated() -> None:
     assert reply.verdict == Forward(11, 11)
 
 
+def test_host_reaches_an_isolated_pod_through_a_service_on_any_port() -> None:
+    # NetworkPolicy always allows the pod's own node, on the service path as on the direct one (as the
+    # P4 program and the kernel target do); a client pod on a port no rule allows is still dropped.
+    local = (Backend("10.0.1.3", 81),)
+    svc = service(internal=BackendSet(local, build_table([b.identity for b in local])))
+    host = pipeline(svc).process(syn(HOST, "192.168.0.1", "10.96.0.9"), now=0)
+    assert host.verdict == Forward(12, 12)
+    assert host.service_port_id == 9
+    pod = pipeline(svc).process(syn(11, "10.0.1.2", "10.96.0.9"), now=0)
+    assert pod.verdict == Drop("policy_ingress")
+
+
 def test_reply_without_state_is_policy_checked() -> None:
     # web → client replies that conntrack never saw are new flows; client is not isolated, so allowed,
     # but a packet into the isolated web pod on a port no rule allows is dropped.
