@@ -162,3 +162,38 @@ async def test_a_malformed_agent_reply_falls_back(
     finally:
         fake.close()
         await fake.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("sock_name", "nested_only", "forwarded"),
+    [
+        # Only a top-level agentSocket counts; one inside another object is not the plugin's.
+        pytest.param("agent.sock", True, False, id="nested-key-ignored"),
+        # json.dumps writes "\u00e9": the shim hands the config to the Python plugin, which forwards.
+        pytest.param("agént.sock", False, True, id="unicode-escape-via-python"),
+    ],
+)
+async def test_json_corners(
+    start_server: ServerFactory,
+    settings: AttachSettings,
+    host_ns: str,
+    pod_ns: PodNs,
+    tmp_path: Path,
+    sock_name: str,
+    nested_only: bool,
+    forwarded: bool,
+) -> None:
+    agent_socket = str(tmp_path / sock_name)
+    server = await start_server(cni_agent_socket=agent_socket)
+    assert server.cni_agent is not None
+    conf = runtime.netconf(settings.socket_path, agent_socket=agent_socket)
+    conf["args"] = {"cni": {"labels": [{"key": 'a"b\\c', "value": "x\ty"}]}}  # escapes to skip over
+    if nested_only:
+        conf["agentSocket"] = str(tmp_path / "absent.sock")  # exists nowhere: runs in the plugin
+        conf["extra"] = {"agentSocket": agent_socket}
+    pod = pod_ns()
+    add = await run_plugin(host_ns, "ADD", conf, container_id="js", netns_name=pod, plugin=SHIM_CNI_BIN)
+    assert add.rc == 0, add
+    assert server.cni_agent.served == int(forwarded)
+    delete = await run_plugin(host_ns, "DEL", conf, container_id="js", netns_name=pod, plugin=SHIM_CNI_BIN)
+    assert delete.rc == 0, delete
