@@ -146,7 +146,7 @@ def add(inv: Invocation) -> Flow[dict[str, Any]]:
     plan = _plan(inv, att)
     try:
         yield Plumb(plan, inv.netns)
-    except BaseException:
+    except Exception:  # not GeneratorExit (a driver closing the verb): a generator must not yield then
         yield from _undo_add(inv, att, plan)
         raise
     return build_result(inv, att)
