@@ -120,3 +120,22 @@ def test_planned_batch_turns_target_into_desired(have: list[TableEntry], want: l
     }
     r.record(batch, ok(len(batch)), now=0)
     assert len(r.plan(desired, sweep=True, now=0)) == 0
+
+
+@pytest.mark.parametrize("rejected", [False, True], ids=["all-acknowledged", "one-rejected"])
+def test_from_empty_records_what_it_inserted(rejected: bool) -> None:
+    """A plan from empty is all INSERTs; recording it (the one-dict fast path, or one by one when
+    something was refused) leaves applied and occupancy exactly as the acknowledged updates say."""
+    r = Reconciler()
+    r.reset(TargetEntries(()))
+    desired = by_key(nh(1), nh(2), nh(3))
+    batch = r.plan(desired, sweep=True, now=0)
+    assert batch.counts() == {"INSERT": 3, "MODIFY": 0, "DELETE": 0}
+    refused = next(u for u in batch.updates if u.entry == nh(2))
+    result = ApplyResult(3, (Rejected(refused, "INVALID_ARGUMENT", "no", False),) if rejected else ())
+    desired[nh(4).key] = nh(4)  # the live desired map moving on does not leak into applied
+    r.record(batch, result, now=0)
+    want = [nh(1), nh(3)] if rejected else [nh(1), nh(2), nh(3)]
+    assert r.applied == by_key(*want)
+    assert r.occupancy() == {"next_hop": len(want)}
+    assert len(r.plan(desired, sweep=True, now=0, changed=[nh(4).key])) == 1

@@ -27,8 +27,10 @@ costs O(its entries), not O(node).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from xpunet.bus.backoff import Backoff
 from xpunet.datapath.target import ApplyResult, Rejected, TargetEntries
@@ -73,6 +75,9 @@ class Reconciler:
     needs_resync: bool = True  # no read-back yet
     _stale: set[EntryKey] = field(default_factory=set)  # applied, not desired, waiting for the sweep
     _counts: dict[str, int] = field(default_factory=dict)  # applied entries per table alias
+    # A plan from empty: its batch and what it inserts (a copy of desired), so that recording its
+    # full acknowledgement is one dict, not millions of inserts (see record).
+    _inserting: tuple[Batch, dict[EntryKey, TableEntry]] | None = None
 
     # ------------------------------------------------------------------ view
 
@@ -88,6 +93,7 @@ class Reconciler:
             self._counts[alias] = self._counts.get(alias, 0) + n
         self.foreign = actual.foreign
         self._stale = set()
+        self._inserting = None
         # A retry is due now: the target may be a different one (restarted, new pipeline).
         self.rejected = {
             k: Rejection(r.kind, r.entry, r.code, r.message, r.retryable, r.attempts, 0.0)
@@ -98,6 +104,7 @@ class Reconciler:
     def forget(self) -> None:
         """The view is unknown (a write failed midway): reconcile before the next write."""
         self.needs_resync = True
+        self._inserting = None
 
     # ------------------------------------------------------------------ plan
 
@@ -115,6 +122,7 @@ class Reconciler:
         ``changed`` and the keys this reconciler still owes (rejected, stale).
         """
         applied = self.applied
+        self._inserting = None
         self.conflicts = {k: desired[k] for k in self.foreign if k in desired}
         for key in list(self.rejected):
             r = self.rejected[key]
@@ -128,7 +136,10 @@ class Reconciler:
             self._stale = set()
             if not applied and not self.rejected and not self.conflicts:
                 # From empty (a node's first programming): every desired entry is an INSERT.
-                return phased([Update("INSERT", e) for e in desired.values()])
+                snapshot = dict(desired)
+                batch = phased([Update("INSERT", e) for e in snapshot.values()])
+                self._inserting = (batch, snapshot)
+                return batch
             # Every key: the desired ones, then the applied ones no longer desired (no union set
             # of both: at 10M entries it costs a hash per key and hundreds of MB).
             return phased(
@@ -184,7 +195,18 @@ class Reconciler:
 
     def record(self, batch: Batch, result: ApplyResult, *, now: float) -> list[Rejection]:
         """Fold an acknowledged batch into the view; returns the new rejections (for reports)."""
+        inserting, self._inserting = self._inserting, None
         if not result.rejected and not self.rejected:
+            if inserting is not None and inserting[0] is batch and not self.applied:
+                # The plan from empty, all acknowledged: applied is what it inserted (C-level copy
+                # made at plan time, ~30x faster than inserting 10M keys one by one).
+                self.applied = inserting[1]
+                per_table = Counter(map(attrgetter("table"), self.applied.values()))
+                self._counts = {}
+                for table, n in per_table.items():
+                    alias = table.rsplit(".", 1)[-1]
+                    self._counts[alias] = self._counts.get(alias, 0) + n
+                return []
             self._record_all(batch)
             return []
         refused: dict[EntryKey, Rejected] = {r.update.entry.key: r for r in result.rejected}
