@@ -117,7 +117,7 @@ async def test_gating_inputs_writes_and_timings(bus: NatsBus, caplog: pytest.Log
     k8s, intents, status = [await bus.kv(unique_name("cs")) for _ in range(3)]
     compiler = RecordingCompiler()
     freezes = Freezes()
-    heap = HeapFreezer(refreeze_churn=3, freeze=freezes)
+    heap = HeapFreezer(refreeze_churn=3, freeze=freezes, collect=lambda generation: None)
     timings: list[FlushTiming] = []
     try:
         await k8s.put("pod.shop.web", encode_object(pod("web")))

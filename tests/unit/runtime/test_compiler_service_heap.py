@@ -1,4 +1,5 @@
-"""When the shared compiler loop freezes the heap: after the first flush, then after enough churn."""
+"""When the shared compiler loop freezes the heap (after the first flush, then after enough churn) and
+when it collects the young generation (after every flush that does not freeze)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ class Recorder:
         self.calls += 1
 
 
+class Collections:
+    def __init__(self) -> None:
+        self.generations: list[int] = []
+
+    def __call__(self, generation: int) -> None:
+        self.generations.append(generation)
+
+
 @pytest.mark.parametrize(
     ("churns", "expected"),
     [
@@ -26,9 +35,19 @@ class Recorder:
     ],
 )
 def test_freezes_after_first_flush_and_after_churn(churns: list[int], expected: int) -> None:
-    freeze = Recorder()
-    heap = HeapFreezer(refreeze_churn=1_000, freeze=freeze)
+    freeze, collect = Recorder(), Collections()
+    heap = HeapFreezer(refreeze_churn=1_000, freeze=freeze, collect=collect)
     for churn in churns:
         heap.flushed(churn)
     assert freeze.calls == expected
     assert heap.freezes == expected
+    # Each flush either freezes or collects the young objects it left.
+    assert len(collect.generations) == len(churns) - expected
+
+
+def test_every_tenth_young_collection_includes_gen1() -> None:
+    collect = Collections()
+    heap = HeapFreezer(refreeze_churn=10**9, freeze=Recorder(), collect=collect)
+    for _ in range(31):
+        heap.flushed(1)
+    assert collect.generations == ([0] * 9 + [1]) * 3
