@@ -121,13 +121,17 @@ def phased(updates: Iterable[Update]) -> Batch:
     """Updates (at most one per key) in phases: writes by rising rank, then deletes by falling rank."""
     # Bucketed by (kind, table) first: one rank lookup per table, and each table sorted on its own.
     by_table: dict[tuple[bool, str], list[Update]] = {}
+    held: list[Update] = []
+    last_kind: str | None = None
+    last_table: str | None = None
     for u in updates:
-        k = (u.kind == "DELETE", u.entry.table)
-        held = by_table.get(k)
-        if held is None:
-            by_table[k] = [u]
-        else:
-            held.append(u)
+        kind, table = u.kind, u.entry.table
+        # Runs of one kind and table (a service's buckets) skip the lookup: identity of the
+        # (shared) strings suffices, a miss only costs the lookup.
+        if table is not last_table or kind is not last_kind:
+            held = by_table.setdefault((kind == "DELETE", table), [])
+            last_kind, last_table = kind, table
+        held.append(u)
     writes: list[list[tuple[str, list[Update]]]] = [[] for _ in range(MAX_RANK + 1)]
     deletes: list[list[tuple[str, list[Update]]]] = [[] for _ in range(MAX_RANK + 1)]
     for (delete, table), held in by_table.items():
