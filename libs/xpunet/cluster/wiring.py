@@ -20,6 +20,14 @@ from typing import Any
 
 from xpunet.cluster.plan import UPLINK_IF, ClusterPlan, NodePlan
 
+# Every link of the cluster (fabric veths, uplinks) has the Ethernet default.
+UNDERLAY_MTU = 1500
+# What VXLAN adds to a pod's packet: outer IPv4 (20) or IPv6 (40) header, UDP (8), VXLAN (8) and the
+# inner Ethernet header (14).
+VXLAN_OVERHEAD = {4: 50, 6: 70}
+# topology.py makes vxlan0 with the node's IPv4 uplink address as its local (outer) address.
+VXLAN_UNDERLAY_FAMILY = 4
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -142,6 +150,17 @@ def cni() -> Check:
     return kernel_tools()
 
 
+def overlay_mtu(underlay_mtu: int = UNDERLAY_MTU, underlay_family: int = VXLAN_UNDERLAY_FAMILY) -> int:
+    """The pods' MTU over VXLAN: what fits in one underlay packet (1450 over IPv4, 1430 over IPv6).
+
+    The kernel target clamps TCP's MSS; UDP and other protocols would otherwise rely on fragmentation
+    of the outer packet (or on PMTU discovery, which a pod's non-TCP socket rarely does).
+    """
+    if underlay_family not in VXLAN_OVERHEAD:
+        raise ValueError(f"underlay family {underlay_family} is not 4 or 6")
+    return underlay_mtu - VXLAN_OVERHEAD[underlay_family]
+
+
 def node_assignments(
     plan: ClusterPlan, node: NodePlan, *, node_dir: Path, p4rt_address: str = "", use_cni: bool = False
 ) -> list[str]:
@@ -167,6 +186,7 @@ def node_assignments(
         put(f"{section}.cni_agent_socket", str(node_dir / "cni-agent.sock"))
         put(f"{section}.state_path", str(node_dir / "attach-state.json"))
         put(f"{section}.host_netns", node.netns)
-        put(f"{section}.pool_size", "4")
-        put(f"{section}.low_water", "1")
+        # No pool settings: the veth default (no stock; each pair made at Attach in the pod's namespace).
+        if plan.overlay == "vxlan":
+            put(f"{section}.mtu", str(overlay_mtu()))
     return out

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from xpunet.bus.api import InSync, StateStore
 from xpunet.bus.errors import BusError
 from xpunet.datapath.attach.core import AttachmentRecord, PodEndpoint
-from xpunet.datapath.attach.settings import DEFAULT_STATE, AttachSettings, TlsFiles
+from xpunet.datapath.attach.settings import DEFAULT_STATE, AttachSettings, TlsFiles, default_stock
 from xpunet.datapath.attach.vnic import Vnic, VnicKind
 from xpunet.ipam.ranges import IpAddress
 from xpunet.model.objects import Node
@@ -67,8 +67,10 @@ class AttachOptions:
     tls_client_ca: str = ""
     state_path: str = DEFAULT_STATE
     backend: VnicKind = "veth"
-    pool_size: int = 8
-    low_water: int = 2
+    # None: the back-end's default (attach.settings.POOL_DEFAULTS): veth keeps no stock (a pair made
+    # at Attach in the pod's namespace beats a stocked one moved there), VFs/sub-functions 8 (below 2).
+    pool_size: int | None = None
+    low_water: int | None = None
     capacity: int = 0  # veth: most pairs at once (0 = unbounded)
     mtu: int = 1500
     host_netns: str = ""  # veth: where the host sides live ("" = datapath.kernel_netns, else our own)
@@ -83,8 +85,12 @@ class AttachOptions:
             raise ValueError(
                 "attach.tcp_address needs attach.tls_cert, attach.tls_key and attach.tls_client_ca"
             )
-        if not 0 <= self.low_water <= self.pool_size:
-            raise ValueError(f"attach.low_water {self.low_water} must be within 0..attach.pool_size")
+        _ = self.stock  # pool_size/low_water checked with the back-end's defaults filled in
+
+    @property
+    def stock(self) -> tuple[int, int]:
+        """``(pool_size, low_water)`` with the back-end's defaults filled in."""
+        return default_stock(self.backend, self.pool_size, self.low_water, section="attach.")
 
     @property
     def enabled(self) -> bool:
@@ -92,6 +98,7 @@ class AttachOptions:
 
     def server_settings(self, pod_cidrs: Sequence[str], *, default_netns: str = "") -> AttachSettings:
         tls = TlsFiles(self.tls_cert, self.tls_key, self.tls_client_ca) if self.tcp_address else None
+        pool_size, low_water = self.stock
         return AttachSettings(
             pod_cidrs=tuple(pod_cidrs),
             socket_path=self.socket_path,
@@ -99,8 +106,8 @@ class AttachOptions:
             tls=tls,
             state_path=self.state_path,
             backend=self.backend,
-            pool_size=self.pool_size,
-            low_water=self.low_water,
+            pool_size=pool_size,
+            low_water=low_water,
             capacity=self.capacity,
             mtu=self.mtu,
             host_netns=self.host_netns or default_netns,
