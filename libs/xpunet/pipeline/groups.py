@@ -32,6 +32,7 @@ from xpunet.pipeline.entries import (
     entry_layout,
     family_suffix,
     ip_int,
+    new_entry,
 )
 from xpunet.pipeline.schema import (
     CT_CLOSING,
@@ -500,7 +501,7 @@ def _lower_group(
             if old.params == p:
                 entries.append(old)
             else:
-                e = TableEntry(table, old.match, action, p, 0, origin)
+                e = new_entry(table, old.match, action, p, 0, origin)
                 entries.append(e)
                 changed.append(e)
     else:
@@ -508,7 +509,7 @@ def _lower_group(
         group_match = ("backend_group", Exact(group))
         buckets = _bucket_matches(len(bset.table))
         for bucket, idx in enumerate(bset.table):
-            entries.append(TableEntry(table, (group_match, buckets[bucket]), action, params[idx], 0, origin))
+            entries.append(new_entry(table, (group_match, buckets[bucket]), action, params[idx], 0, origin))
     g.bulk[group] = entries
     g.add(
         "backend_group",
