@@ -18,7 +18,9 @@ P4SHELL_REQS := tests/integration/softipu/p4shell-requirements.txt
 APT_PACKAGES := iproute2 nftables conntrack procps containernetworking-plugins iptables iputils-ping gcc libc6-dev
 PYTEST_ARGS ?=
 # The compiled CNI forwarding shim (docs/cni.md "Agent"); falls back to the Python plugin beside it.
+# Static: the same binary is installed on nodes (deploy/kustomize, Containerfile), whatever their libc.
 CNI_SHIM := $(BIN)/xpunet-cni-shim
+CNI_SHIM_CFLAGS := -O2 -Wall -Wextra -Werror -std=c11 -static
 
 .PHONY: demo test lint typecheck contracts unit integration e2e bench deps apt venv gen clean cni-shim
 
@@ -75,7 +77,7 @@ $(GEN_STAMP): $(STAMP) tools/gen_protos.py $(shell find protos -name "*.proto")
 cni-shim: $(CNI_SHIM)
 
 $(CNI_SHIM): cni-shim/xpunet-cni.c $(STAMP)
-	$(CC) -O2 -Wall -Wextra -Werror -std=c11 -DXPUNET_CNI_FALLBACK='"$(abspath $(BIN))/xpunet-cni"' -o $@ $<
+	$(CC) $(CNI_SHIM_CFLAGS) -DXPUNET_CNI_FALLBACK='"$(abspath $(BIN))/xpunet-cni"' -o $@ $<
 
 $(P4SHELL_STAMP): $(P4SHELL_REQS)
 	test -x $(P4SHELL_VENV)/bin/python || $(PYTHON) -m venv $(P4SHELL_VENV)

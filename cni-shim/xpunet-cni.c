@@ -19,6 +19,12 @@
  * The agent socket comes from the network config's top-level "agentSocket"
  * (default /run/xpunet/cni-agent.sock, "" = do not forward) and the time
  * limit from "timeoutSeconds" (default 10) plus 5 s, like the Python plugin.
+ *
+ * Installed on a node (deploy/kustomize: copied to /opt/cni/bin by the
+ * datapath's initContainer, linked statically) there is no Python plugin to
+ * fall back to: then VERSION is answered here, and a verb that could not be
+ * forwarded fails with the CNI error JSON naming the unreachable agent (code
+ * 11, "try again later": the datapath may still be starting).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -109,6 +115,45 @@ static const char *fallback_path(void)
     return py != NULL && *py ? py : XPUNET_CNI_FALLBACK;
 }
 
+/* Why the verb was not forwarded, when the agent was meant to run it ("" otherwise). */
+static char agent_problem[512];
+
+/* s as a JSON string body (quotes, backslashes and control characters escaped). */
+static void print_json_text(const char *s)
+{
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+}
+
+/* The CNI error for a Python plugin that cannot be exec'ed (err: execv's errno), then exit 1. */
+static void no_python(const char *py, int err)
+{
+    if (agent_problem[0] != '\0') {
+        /* CNI code 11, try again later: the agent comes back with the datapath. */
+        printf("{\"cniVersion\":\"1.1.0\",\"code\":11,\"msg\":\"xpunet-cni: datapath agent unreachable: ");
+        print_json_text(agent_problem);
+        printf("\",\"details\":\"no local plugin to run the verb instead (");
+        print_json_text(py);
+        printf(": %s); is the xpunet datapath running on this node?\"}\n", strerror(err));
+        fprintf(stderr, "xpunet-cni: datapath agent unreachable: %s; cannot exec %s: %s\n", agent_problem, py,
+                strerror(err));
+    } else {
+        printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"xpunet-cni: cannot run the plugin ");
+        print_json_text(py);
+        printf(": %s\"}\n", strerror(err));
+        fprintf(stderr, "xpunet-cni: cannot exec %s: %s\n", py, strerror(err));
+    }
+    fflush(stdout);
+    exit(1);
+}
+
 /* Exec the Python plugin with our stdin (already read) on its stdin.  Never returns. */
 static void run_python(char **argv, const struct buf *in)
 {
@@ -122,12 +167,7 @@ static void run_python(char **argv, const struct buf *in)
         close(fd);
     argv[0] = (char *)py;
     execv(py, argv);
-    int err = errno;
-    /* The runtime must get an error JSON; the path is ours, free of characters JSON would escape. */
-    printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"xpunet-cni: cannot run the plugin %s: %s\"}\n", py,
-           strerror(err));
-    fprintf(stderr, "xpunet-cni: cannot exec %s: %s\n", py, strerror(err));
-    exit(1);
+    no_python(py, errno); /* the runtime must get an error JSON */
 }
 
 /* -- just enough JSON to find two top-level keys of the network config ----------------------- */
@@ -360,22 +400,29 @@ int main(int argc, char **argv)
         const char *py = fallback_path();
         argv[0] = (char *)py;
         execv(py, argv);
-        printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"xpunet-cni: cannot run the plugin %s: %s\"}\n", py,
-               strerror(errno));
-        return 1;
+        if (argv[1] == NULL && command != NULL) {
+            /* VERSION on a node without the Python plugin: the versions the agent's verbs speak. */
+            printf("{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\",\"1.1.0\"]}\n");
+            return 0;
+        }
+        no_python(py, errno);
     }
     if (read_all(0, &in, MAX_INPUT) < 0)
         run_python(argv, &in); /* an oversized config: let the plugin read what it can and report */
     char path[sizeof ((struct sockaddr_un *)0)->sun_path + 1];
     double timeout;
     struct stat st;
-    if (!forwarding(&in, path, sizeof path, &timeout) || stat(path, &st) != 0)
+    if (!forwarding(&in, path, sizeof path, &timeout))
         run_python(argv, &in);
+    if (stat(path, &st) != 0) {
+        snprintf(agent_problem, sizeof agent_problem, "no agent socket at %s: %s", path, strerror(errno));
+        run_python(argv, &in);
+    }
     struct buf reply = {0};
     const char *why = NULL;
     if (ask_agent(path, timeout + 5.0, &in, &reply, &why) < 0) {
-        fprintf(stderr, "xpunet-cni: agent at %s failed (%s); running the verb here\n", path,
-                why ? why : strerror(errno));
+        snprintf(agent_problem, sizeof agent_problem, "agent at %s failed: %s", path, why ? why : strerror(errno));
+        fprintf(stderr, "xpunet-cni: %s; running the verb here\n", agent_problem);
         run_python(argv, &in);
     }
     char *nl = reply.len ? memchr(reply.data, '\n', reply.len) : NULL;
@@ -386,7 +433,8 @@ int main(int argc, char **argv)
         code = strtol(reply.data, &end, 10);
     }
     if (nl == NULL || end != nl || code < 0 || code > 255) {
-        fprintf(stderr, "xpunet-cni: agent at %s failed (malformed reply); running the verb here\n", path);
+        snprintf(agent_problem, sizeof agent_problem, "agent at %s failed: malformed reply", path);
+        fprintf(stderr, "xpunet-cni: %s; running the verb here\n", agent_problem);
         run_python(argv, &in);
     }
     size_t out_len = reply.len - (size_t)(nl + 1 - reply.data);
