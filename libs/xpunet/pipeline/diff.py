@@ -15,7 +15,7 @@ traffic on that key is never without an entry.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Literal
 
@@ -60,6 +60,22 @@ def table_rank(table: str) -> int:
 class Update:
     kind: UpdateKind
     entry: TableEntry
+
+
+if tuple(f.name for f in fields(Update)) != ("kind", "entry"):  # pragma: no cover - a programming error
+    raise RuntimeError("Update's fields changed: update new_update")
+_new_object = object.__new__
+_set_kind = Update.__dict__["kind"].__set__
+_set_entry = Update.__dict__["entry"].__set__
+
+
+def new_update(kind: UpdateKind, entry: TableEntry) -> Update:
+    """``Update(kind, entry)`` without the frozen dataclass __init__ (a plan from empty makes
+    one per desired entry: ~10M on a big node; about half the time)."""
+    u: Update = _new_object(Update)
+    _set_kind(u, kind)
+    _set_entry(u, entry)
+    return u
 
 
 @dataclass(frozen=True, slots=True)

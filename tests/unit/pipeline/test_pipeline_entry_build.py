@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import pickle
 
+from xpunet.pipeline.diff import Update, new_update
 from xpunet.pipeline.entries import Exact, Lpm, TableEntry, Ternary, new_entry
 
 
@@ -33,3 +34,13 @@ def test_origin_takes_no_part_in_equality() -> None:
     assert Exact(3) == Exact(3)
     assert hash(Exact(3)) == hash(Exact(3))
     assert Exact(3) != Exact(4)
+
+
+def test_new_update_is_the_constructors_update() -> None:
+    e = new_entry("t", (("f", Exact(1)),), "a", (), 0, "o")
+    fast, slow = new_update("MODIFY", e), Update("MODIFY", e)
+    assert type(fast) is Update
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert repr(fast) == repr(slow)
+    assert pickle.loads(pickle.dumps(fast)) == slow

@@ -34,7 +34,7 @@ from operator import attrgetter
 
 from xpunet.bus.backoff import Backoff
 from xpunet.datapath.target import ApplyResult, Rejected, TargetEntries
-from xpunet.pipeline.diff import Batch, Update, phased
+from xpunet.pipeline.diff import Batch, Update, new_update, phased
 from xpunet.pipeline.entries import EntryKey, TableEntry
 
 # Codes that mean "our view of the target is wrong": read it back instead of retrying blindly.
@@ -136,7 +136,7 @@ class Reconciler:
             self._stale = set()
             if not applied and not self.rejected and not self.conflicts:
                 # From empty (a node's first programming): every desired entry is an INSERT.
-                batch = phased([Update("INSERT", e) for e in desired.values()])
+                batch = phased([new_update("INSERT", e) for e in desired.values()])
                 # Copied after the sort (not beside its transient keys: a lower peak), same content:
                 # nothing runs in between.
                 self._inserting = (batch, dict(desired))
@@ -180,7 +180,7 @@ class Reconciler:
                 continue
             if (conflicts and key in conflicts) or (waiting and self._waiting(key, now)):
                 continue
-            updates.append(Update("INSERT" if have is None else "MODIFY", want))
+            updates.append(new_update("INSERT" if have is None else "MODIFY", want))
         return updates
 
     def _waiting(self, key: EntryKey, now: float) -> bool:
