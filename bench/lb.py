@@ -10,12 +10,19 @@ Runs against a real nats-server (the bundled one) unless ``--no-nats``:
   process's CPU and the workers' CPU are reported apart.  Peak RSS of the
   process is reported (``ru_maxrss``, includes the benchmark's own objects).
 * change: one EndpointSlice of a 10-endpoint service changes one endpoint;
-  ``compile_ms``: update + flush + encode in the compiler alone; ``e2e_ms``:
-  from the put into ``xpunet-k8s`` to the new intent arriving on a watch of
-  ``xpunet-intent`` (both reported as p50/p99).  Measured at the full size and
-  at 100 services.
+  ``change_compile_*``: update + flush + encode in the compiler alone (``pure``,
+  ``pure_small``); through NATS (``nats``): the service set up as its
+  ``run(ctx)`` does (cold start, heap freezing, uvloop; ``--no-freeze`` and
+  ``--loop asyncio`` for comparison, ``lb.flush_interval`` at its default),
+  50 warm-up and ``--changes`` measured lone changes
+  (``xpunet.runtime.change_probe``), each after a quiet gap of 50-75 ms, timed
+  from the ``xpunet-k8s`` put to the intent write stamped with its written-at
+  arriving on a watch of ``xpunet-intent``; split into phases, GC pauses, CPU
+  and run-queue waits (this process and the nats-server).  Measured at the
+  full size and at 100 services, the same way.
 
-Usage: ``.venv/bin/python bench/lb.py [--services 10000] [--big 3] [--changes 200] [--workers N] [--quick]``.
+Usage: ``.venv/bin/python bench/lb.py [--services 10000] [--big 3] [--changes 500] [--workers N]
+[--quick] [--no-pure] [--no-freeze] [--loop asyncio]`` (full size: ~1.5-2 min).
 """
 
 from __future__ import annotations
@@ -269,9 +276,18 @@ async def with_nats(args: argparse.Namespace) -> dict[str, Any]:
                 args.workers,
                 freeze=freeze,
                 server_pid=server.pid,
+                gap=args.gap,
             )
             small = await end_to_end(
-                bus, 100, 0, args.changes, "small", args.workers, freeze=freeze, server_pid=server.pid
+                bus,
+                100,
+                0,
+                args.changes,
+                "small",
+                args.workers,
+                freeze=freeze,
+                server_pid=server.pid,
+                gap=args.gap,
             )
         finally:
             await bus.drain()
@@ -293,6 +309,7 @@ def main() -> None:
     parser.add_argument(
         "--no-freeze", action="store_true", help="without the shared loop's heap freezing (for comparison)"
     )
+    parser.add_argument("--gap", type=float, default=CHANGE_GAP, help="quiet seconds before each change")
     parser.add_argument("--no-pure", action="store_true", help="skip the in-process compiler figures")
     parser.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop (services run on uvloop)"

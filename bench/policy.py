@@ -13,16 +13,22 @@ CPU figure does not.  The load average is printed with the figures.
     .venv/bin/python bench/policy.py                # 50,000 then 5,000 pods, prints JSON
     .venv/bin/python bench/policy.py --only 5000    # one size, in a fresh process
     .venv/bin/python bench/policy.py --quick        # small, a few seconds
-    .venv/bin/python bench/policy.py --only 5000 --nats   # also through the service and NATS
+    .venv/bin/python bench/policy.py --nats         # also through the service and NATS (~3 min)
 
-``--nats`` adds, per size, the service end to end against a real nats-server:
-the cluster written to ``xpunet-k8s``, the policy service started (cold: KV
-snapshot, compile, every intent written), then lone label changes, one at a
-time with a quiet gap longer than ``flush_interval`` between them (the default
-0.02 s), each timed from its ``xpunet-k8s`` write to the intent key it causes
-arriving on a watch of ``xpunet-intent``.  The change moves a pod into a
-namespace-selector set (``app=app0`` in a ``prod`` namespace), so it always
-writes one set key.
+``--nats`` adds, per size, the service end to end against a real nats-server,
+set up as its ``run(ctx)`` does (heap freezing, uvloop; ``--no-freeze`` and
+``--loop asyncio`` for comparison): the cluster written to ``xpunet-k8s``,
+the policy service started (cold: KV snapshot, compile, every intent written),
+then 50 warm-up and 500 measured lone label changes
+(``xpunet.runtime.change_probe``): each after a quiet gap of 50-75 ms (longer
+than ``flush_interval``, 0.02 s, and jittered), timed from its ``xpunet-k8s``
+write to the intent write stamped with its written-at arriving on a watch of
+``xpunet-intent``, the same way at both sizes.  A change moves a pod into a
+namespace-selector set (``app=app0`` in a ``prod`` namespace) or back out, so
+it always writes one set key.  Each sample is split into phases (deliver,
+queue, compile, write, observe), GC pauses, CPU, and run-queue waits of this
+process and the nats-server; the slowest 1 % is reported next to the middle
+half.  ``--no-pure`` skips the in-process figures (NATS part only).
 """
 
 from __future__ import annotations
