@@ -48,6 +48,13 @@ async def test_pods_reach_each_other_on_one_node_and_across_nodes(tmp_path: Path
             # The fabric knows no pod routes: cross-node pod traffic can only have gone through vxlan0.
             routes = await run("ip", "-n", cluster.plan.fabric_netns, "route", "show")
             assert "10.244." not in routes
+            if cluster.wiring.attach == "cni":
+                # Pods attached by xpunet get the overlay's MTU, so a full-sized packet that must not
+                # be fragmented (IPv4 DF, as UDP applications often send) still crosses vxlan0.
+                link = await run("ip", "-n", pods[0].netns, "-o", "link", "show", "eth0")
+                assert " mtu 1450 " in link
+                ping = ["ip", "netns", "exec", pods[0].netns, "ping", "-c1", "-W5", "-M", "do"]
+                await run(*ping, "-s", str(1450 - 28), pods[-1].ip(4))
 
 
 async def test_examples_are_what_the_watcher_reads() -> None:
