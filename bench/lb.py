@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import resource
@@ -235,15 +234,12 @@ async def end_to_end(
             slice_key = f"endpointslice.bench.svc-{s}-1"
             await k8s.put(slice_key, encode_object(changed_slice(s, step)), headers=headers)
 
-        samples = await lone_changes(
+        run = await lone_changes(
             service, watch, put_change, count=changes, warmup=warmup, gap=gap, server_pid=server_pid
         )
         await watch.aclose()
         stopping.set()
         await task
-        started = time.perf_counter()
-        gc.collect()  # what one full collection landing on a change would cost it
-        full_gc_ms = (time.perf_counter() - started) * 1000
         return {
             "services": services + big,
             "cold_to_in_sync_s": round(cold_s, 3),
@@ -251,11 +247,8 @@ async def end_to_end(
             # The table workers' CPU (exited and reaped children; nats-server is still running).
             "cold_workers_cpu_s": round(_children_cpu() - children0, 3),
             "flush_interval_s": LbOptions().flush_interval,
-            "gap_s": gap,
-            "warmup": warmup,
             "heap_frozen": freeze,
-            "full_gc_ms": round(full_gc_ms, 3),
-            **summary(samples),
+            **summary(run),
         }
     finally:
         for b in ("k8s", "intent", "status"):

@@ -82,6 +82,9 @@ class Sample:
 class ProbeRun:
     samples: list[Sample]
     gc_pauses: list[tuple[float, float, int]]  # every collection over the run, gaps included
+    gap: float
+    warmup: int
+    full_gc_ms: float  # one full collection right after the run: what it would cost a change
 
 
 def _schedstat(path: str) -> tuple[int, int]:
@@ -209,7 +212,10 @@ async def lone_changes(
     finally:
         gc.callbacks.remove(clock)
         service.flush_observer = None
-    return ProbeRun(samples, clock.pauses)
+    started = time.perf_counter()
+    gc.collect()
+    full_gc_ms = (time.perf_counter() - started) * 1000
+    return ProbeRun(samples, clock.pauses, gap, warmup, full_gc_ms)
 
 
 def _pct(ordered: list[float], q: float) -> float:
@@ -238,6 +244,9 @@ def summary(run: ProbeRun) -> dict[str, Any]:
         return out
 
     return {
+        "gap_s": run.gap,
+        "warmup": run.warmup,
+        "full_gc_ms": round(run.full_gc_ms, 3),
         "samples": len(samples),
         "change_to_intent_ms_p50": _pct(ms, 0.5),
         "change_to_intent_ms_p99": _pct(ms, 0.99),

@@ -10,14 +10,9 @@ flushed at once, and a burst is coalesced into at most one flush per
 ``lb.flush_interval`` seconds (``xpunet.runtime.pacing``).  Rejected input goes to
 ``xpunet-status`` as ``lb.rejected.<ns>.<svc>``, is logged and counted.
 
-The watch / gate / pace / write loop, spans and metrics are the shared
+The watch / gate / pace / write loop, spans (docs/observability.md) and metrics are the shared
 :mod:`xpunet.runtime.compiler_service`; this module is the lb compiler's
 adapter to it (:class:`LbFeed`), the cold start around it and the entry point.
-
-Tracing (docs/observability.md): each flush is one ``lb.compile`` span, a
-child of the trace context of the first live ``xpunet-k8s`` change it
-compiles and linked to the others', and its writes carry that span's context
-plus ``xpunet-written-at`` (the earliest change's time) in their headers.
 """
 
 from __future__ import annotations

@@ -12,14 +12,9 @@ spell is flushed at once, and a burst is coalesced into at most one flush per
 rejects is logged, counted and reported in ``xpunet-status`` under
 ``policy.rejected.<ns>.<name>``, and ignored; the service carries on.
 
-The watch / gate / pace / write loop, spans and metrics are the shared
+The watch / gate / pace / write loop, spans (docs/observability.md) and metrics are the shared
 :mod:`xpunet.runtime.compiler_service`; this module is the policy compiler's
 adapter to it (:class:`PolicyFeed`) and the service's entry point.
-
-Tracing (docs/observability.md): each flush is one ``policy.compile`` span, a
-child of the trace context of the first live ``xpunet-k8s`` change it
-compiles and linked to the others', and its writes carry that span's context
-plus ``xpunet-written-at`` (the earliest change's time) in their headers.
 """
 
 from __future__ import annotations
