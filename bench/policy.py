@@ -64,7 +64,7 @@ from xpunet.model.objects import (
 )
 from xpunet.policy.compiler import DEFAULT_GLOBAL_SET_NODES, PolicyCompiler
 from xpunet.policy.service import PolicyOptions, PolicyService, load_existing
-from xpunet.runtime.change_probe import lone_changes, run_loop, summary, until_in_sync
+from xpunet.runtime.change_probe import headline, lone_changes, run_loop, summary, until_in_sync
 from xpunet.runtime.compiler_service import HeapFreezer
 from xpunet.wire import encode_object
 
@@ -442,9 +442,11 @@ def main(argv: list[str]) -> None:
         gc.collect()
     if args.nats:
         result["loop"] = args.loop
-        result["nats"] = run_loop(
+        nats = run_loop(
             with_nats(sizes, args.global_set_nodes, args.nats_changes, freeze=not args.no_freeze), args.loop
         )
+        result["nats"] = nats
+        result["change_to_intent_p50_p99_ms"] = headline(nats)
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 

@@ -274,3 +274,14 @@ def summary(run: ProbeRun) -> dict[str, Any]:
             for s in tail
         ],
     }
+
+
+def headline(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """p50/p99 per size from :func:`summary` results (largest first); p99 of the first over the last."""
+    out: dict[str, Any] = {
+        name: [r["change_to_intent_ms_p50"], r["change_to_intent_ms_p99"]] for name, r in runs.items()
+    }
+    p99s = [r["change_to_intent_ms_p99"] for r in runs.values()]
+    if len(p99s) >= 2 and p99s[-1] > 0:
+        out["p99_ratio"] = round(p99s[0] / p99s[-1], 3)
+    return out
