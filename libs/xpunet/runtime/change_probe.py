@@ -270,7 +270,8 @@ def summary(run: ProbeRun) -> dict[str, Any]:
                 **{k: round(v, 3) for k, v in s.phases().items()},
                 "gc_ms": round(s.gc_ms, 3),
             }
-            | {"preempted": s.preempted, "cpu_ms": round(s.cpu_ms, 3)}
+            | {"preempted": s.preempted, "cpu_ms": round(s.cpu_ms, 3), "waited_ms": round(s.waited_ms, 3)}
+            | {"server_cpu_ms": round(s.server_cpu_ms, 3), "server_waited_ms": round(s.server_waited_ms, 3)}
             for s in tail
         ],
     }
