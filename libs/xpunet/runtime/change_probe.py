@@ -263,6 +263,12 @@ def summary(run: ProbeRun) -> dict[str, Any]:
         "samples_preempted": sum(1 for s in samples if s.preempted),
         # Mean phases of the middle half vs the slowest 1 %: what the tail adds, and where.
         "phases_ms_middle": mean_phases(middle),
+        # Each phase's own p99 and max over all samples (a phase's tail need not be the total's).
+        "phase_ms_p99_max": {
+            k: [_pct(sorted(vals), 0.99), round(max(vals), 3)]
+            for k in ("deliver", "queue", "compile", "write", "observe")
+            if (vals := [s.phases()[k] for s in samples if s.phases()])
+        },
         "phases_ms_slowest": mean_phases(tail),
         "slowest": [
             {
