@@ -134,7 +134,9 @@ async def test_gating_inputs_writes_and_timings(bus: NatsBus, caplog: pytest.Log
             await k8s.put("sync.namespace", b"\x80")
             await next_entry(out_watch, "out.pod.web")
             await service.synced.wait()
-            assert compiler.seen == ["upsert pod web", "upsert namespace shop"]
+            # Each kind has its own watch (its own consumer): the namespace put can reach the
+            # service before the pod watch's snapshot does, so only the set of inputs is fixed.
+            assert sorted(compiler.seen) == ["upsert namespace shop", "upsert pod web"]
             assert freezes.calls == 1  # the in-sync flush
 
             # Bad input: undecodable goes to the compiler, another kind's object under a pod key does not.
