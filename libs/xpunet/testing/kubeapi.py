@@ -16,7 +16,11 @@ What it implements, faithfully enough for an informer and a leader elector:
   ``drop_watches`` (abort the TCP connections mid-stream), ``send_bookmarks``;
 * create/get/replace/delete of single objects with optimistic concurrency
   (409 ``Conflict`` on a stale ``metadata.resourceVersion``), which is what
-  Lease-based leader election needs.
+  Lease-based leader election needs;
+* optionally, what an in-cluster client meets: HTTPS (``ssl_context``) and
+  bearer-token authentication (``tokens``: a request without one of them gets
+  the API server's 401 ``Unauthorized`` Status; tests may swap the set to
+  model a token rotation).  Both are off by default.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import copy
 import itertools
 import json
 import logging
+import ssl
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +112,14 @@ class _Table:
 class FakeKubeAPI:
     """The list/watch/CRUD part of a Kubernetes API server, on 127.0.0.1 (port 0 by default)."""
 
-    def __init__(self, *, history_limit: int = 100_000, page_snapshots: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        history_limit: int = 100_000,
+        page_snapshots: int = 16,
+        ssl_context: ssl.SSLContext | None = None,
+        tokens: Iterable[str] | None = None,
+    ) -> None:
         self._rv = 0
         self._tables = {r.kind: _Table(r) for r in RESOURCES}
         self._watches: set[_Watch] = set()
@@ -121,6 +133,12 @@ class FakeKubeAPI:
         # Answer a watch from a compacted resourceVersion with HTTP 410 instead of an ERROR event
         # (older API servers and some proxies do).
         self.gone_as_http_status = False
+        self._ssl = ssl_context
+        # Bearer tokens the server accepts; None: no authentication (any or no token passes).
+        self.tokens: set[str] | None = set(tokens) if tokens is not None else None
+        self.token_uses: Counter[str] = Counter()  # accepted requests per token
+        self.unauthorized = 0  # requests answered 401
+        self._written = asyncio.Event()  # set by every write; ``until`` waits on it
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -129,7 +147,7 @@ class FakeKubeAPI:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self._ssl)
         await site.start()
         server = site._server  # aiohttp exposes the bound port only through the asyncio server
         assert isinstance(server, asyncio.Server)
@@ -151,15 +169,28 @@ class FakeKubeAPI:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return f"{'https' if self._ssl else 'http'}://127.0.0.1:{self._port}"
 
-    def write_kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig pointing at this server (plain HTTP, a bearer token nobody checks)."""
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def write_kubeconfig(self, path: Path, *, ca_file: Path | None = None) -> Path:
+        """A kubeconfig pointing at this server, with one of its tokens (or one nobody checks).
+
+        With HTTPS, ``ca_file`` is the CA (PEM) that signed the server's certificate.
+        """
+        if self._ssl is not None and ca_file is None:
+            raise ValueError("write_kubeconfig: an HTTPS server needs ca_file")
+        cluster: JSON = {"server": self.url}
+        if ca_file is not None:
+            cluster["certificate-authority"] = str(ca_file)
+        token = min(self.tokens) if self.tokens else "fake-token"
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
+            "users": [{"name": "fake", "user": {"token": token}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
             "current-context": "fake",
         }
@@ -229,6 +260,13 @@ class FakeKubeAPI:
     def open_watches(self) -> int:
         return len(self._watches)
 
+    async def until(self, predicate: Callable[[], bool], *, within: float = 30.0) -> None:
+        """Wait until ``predicate()`` holds, re-checking after every write (TimeoutError after ``within``)."""
+        async with asyncio.timeout(within):
+            while not predicate():
+                self._written.clear()  # no await since the check: no write can slip between
+                await self._written.wait()
+
     # --- internals -------------------------------------------------------------------------------
 
     def _write(self, res: Resource, obj: JSON, *, check_rv: bool) -> JSON:
@@ -264,6 +302,7 @@ class FakeKubeAPI:
         return obj
 
     def _record(self, table: _Table, kind: str, obj: JSON) -> None:
+        self._written.set()
         table.history.append((self._rv, kind, obj))
         while len(table.history) > self._history_limit:
             rv, _, _ = table.history.popleft()
@@ -283,6 +322,7 @@ class FakeKubeAPI:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
         try:
+            self._authenticate(request)
             if self.fail_next:
                 code = self.fail_next.popleft()
                 raise _HTTPError(code, "InternalError", f"injected failure {code}")
@@ -322,6 +362,16 @@ class FakeKubeAPI:
             raise _HTTPError(405, "MethodNotAllowed", f"{request.method} not supported here")
         except _HTTPError as err:
             return web.json_response(status(err.code, err.reason, err.message), status=err.code)
+
+    def _authenticate(self, request: web.Request) -> None:
+        if self.tokens is None:
+            return
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token not in self.tokens:
+            self.unauthorized += 1
+            # What kube-apiserver answers for a missing, unknown or expired token.
+            raise _HTTPError(401, "Unauthorized", "Unauthorized")
+        self.token_uses[token] += 1
 
     def _list(self, res: Resource, namespace: str | None, query: Any) -> bytes:
         limit = int(query.get("limit", "0") or 0)

@@ -2,9 +2,12 @@
 
 Settings (section ``watcher``; ``--set watcher.<key>=``, ``XPUNET_WATCHER_<KEY>``):
 
-* ``source`` — ``kube`` (in-cluster, else the default kubeconfig),
+* ``source`` — ``kube`` ($KUBECONFIG, else in-cluster when in a pod, else
+  ``~/.kube/config``: ``xpunet.watcher.kube.choose_config``),
   ``kube:/path/to/kubeconfig``, or ``dir:/path/to/manifests`` (the embedded
   source: no API server, no leader election).
+* ``service_account_dir`` — where the in-cluster token and ``ca.crt`` are read
+  (the kubelet's mount point by default; the token is re-read when it rotates).
 * ``leader_election`` and ``lease_*`` — the coordination.k8s.io/v1 Lease
   (API source only); ``lease_identity`` defaults to ``<host>-<pid>``.
 * ``page_size``, ``watch_timeout`` — list pagination and server-side watch timeout.
@@ -30,7 +33,7 @@ from xpunet.runtime.settings import Settings as BaseSettings
 from xpunet.watcher.dirsource import DirectorySource
 from xpunet.watcher.engine import ApiSource, Source, Watcher
 from xpunet.watcher.informer import InformerOptions
-from xpunet.watcher.kube import api_client
+from xpunet.watcher.kube import SERVICE_ACCOUNT_DIR, api_client
 from xpunet.watcher.leader import LeaderElector, LeaseOptions
 from xpunet.watcher.metrics import WatcherMetrics
 from xpunet.wire import encode_object
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class WatcherOptions:
     source: str = "kube"  # kube | kube:KUBECONFIG | dir:PATH
+    service_account_dir: str = SERVICE_ACCOUNT_DIR  # in-cluster token + ca.crt
     bucket: str = BUCKET_K8S
     leader_election: bool = True
     lease_namespace: str = "xpunet-system"
@@ -101,7 +105,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
     if kind == "dir":
         source = DirectorySource(Path(arg), poll_interval=opts.poll_interval)
     else:
-        api = await api_client(arg or None)
+        api = await api_client(arg or None, service_account_dir=opts.service_account_dir)
         source = ApiSource(
             api,
             InformerOptions(page_size=opts.page_size, watch_timeout=opts.watch_timeout),
