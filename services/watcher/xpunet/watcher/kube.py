@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -181,4 +182,8 @@ async def api_client(
         except config.ConfigException as exc:
             raise KubeConfigError(f"kubeconfig {choice.kubeconfig} ({choice.reason}): {exc}") from exc
         log.info("kubernetes: kubeconfig %s (%s), %s", choice.kubeconfig, choice.reason, cfg.host)
-    return client.ApiClient(configuration=cfg)
+    try:
+        # The client builds its TLS context here: a CA file that is no certificate fails now.
+        return client.ApiClient(configuration=cfg)
+    except ssl.SSLError as exc:
+        raise KubeConfigError(f"CA certificate {cfg.ssl_ca_cert} ({choice.reason}): {exc}") from exc
