@@ -32,7 +32,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -47,6 +47,7 @@ from xpunet.bus.errors import BusError
 from xpunet.bus.tracing import context_from_headers
 from xpunet.datapath import attachment
 from xpunet.datapath.attachment import AttachOptions
+from xpunet.datapath.counter_poll import CounterPoller
 from xpunet.datapath.intents import SYNC_NODE_KEY, Change, IntentView, started_at
 from xpunet.datapath.reconcile import Reconciler
 from xpunet.datapath.status import (
@@ -56,12 +57,13 @@ from xpunet.datapath.status import (
     EntryRejection,
     status_key,
 )
-from xpunet.datapath.target import Target
+from xpunet.datapath.target import ApplyResult, Target
 from xpunet.ir.keys import node_prefix
 from xpunet.ir.policy import PolicyEndpoint, endpoint_key
 from xpunet.ir.routes import NodeRoute
 from xpunet.p4rt.client import ClientSettings, TlsOptions
 from xpunet.p4rt.errors import TargetError
+from xpunet.pipeline.diff import Update
 from xpunet.pipeline.entries import EntryKey
 from xpunet.pipeline.incremental import NodeLowering
 from xpunet.pipeline.lowering import Lowered, NodePorts, lower
@@ -104,6 +106,8 @@ class DatapathOptions:
     vni: int = 4096
     coalesce: float = 0.002  # seconds to gather a burst of intent changes into one pass
     status_interval: float = 1.0  # seconds between status record rewrites (when changed)
+    # seconds between reads of the target's counters (metrics, xpunetctl counters); 0: no poll
+    counter_interval: float = 10.0
     # Once this many desired entries changed since the last time (the first programming, then
     # churn), move the heap out of the cyclic GC's reach (gc.collect(1); gc.freeze()): entries are
     # acyclic and freed by reference counting, and a full collection over millions of them stalls
@@ -119,6 +123,8 @@ class DatapathOptions:
             raise ValueError("datapath.tls_cert and datapath.tls_key go together")
         if self.coalesce < 0 or self.status_interval < 0:
             raise ValueError("datapath.coalesce and datapath.status_interval must be >= 0")
+        if self.counter_interval < 0:
+            raise ValueError(f"datapath.counter_interval {self.counter_interval} must be >= 0 (0: off)")
         if not 0 < self.vni < 1 << 24:
             raise ValueError(f"datapath.vni {self.vni} is outside 1..16777215")
 
@@ -202,6 +208,15 @@ class DatapathService:
         self._unplanned: set[EntryKey] = set()  # desired entries changed since the last plan
         self._changed_since_freeze = 0
         self.metrics = DatapathMetrics(meter, occupancy=self.reconciler.occupancy) if meter else None
+        # Per-policy / per-service / default-drop totals from the target's counters (docs/observability.md).
+        self.counters = CounterPoller(
+            node=node,
+            target=target,
+            desired=lambda: self.lowering.desired,
+            status=status,
+            meter=meter,
+            clock=clock,
+        )
         self._watches_pending = {"intent:" + p for p in self.view.prefixes} | {"k8s:node.", "k8s:sync."}
         self._wake = asyncio.Event()
         self._pending: list[Change] = []
@@ -472,6 +487,8 @@ class DatapathService:
                     self.writes += result.sent
                     with clock("record"), self._gc_paused():
                         fresh = self.reconciler.record(batch, result, now=self._clock())
+                    if self.counters.totals.tracking:
+                        self._forget_deleted_counters(batch.phases, result)
                     if froze:
                         # The reconciler's index of applied entries became a GC-tracked container
                         # during the write (or grew by millions): out of reach too, or the next
@@ -515,6 +532,16 @@ class DatapathService:
         async with self._passed:
             self._passes += 1
             self._passed.notify_all()
+
+    def _forget_deleted_counters(self, phases: Sequence[Sequence[Update]], result: ApplyResult) -> None:
+        """Deleted entries' counters are gone with them: a re-added entry counts from zero."""
+        refused = {r.update.entry.key for r in result.rejected}
+        self.counters.totals.forget(
+            u.entry.key
+            for phase in phases
+            for u in phase
+            if u.kind == "DELETE" and u.entry.key not in refused
+        )
 
     def _gc_paused(self) -> contextlib.AbstractContextManager[None]:
         """No cyclic GC inside a synchronous stage of a pass (see ``DatapathOptions.gc_freeze_after``)."""
@@ -642,6 +669,10 @@ class DatapathService:
                     tg.create_task(self.apply_loop(), name="apply"),
                     tg.create_task(self.status_loop(), name="status"),
                 ]
+                if self.options.counter_interval > 0:
+                    tasks.append(
+                        tg.create_task(self.counters.run(self.options.counter_interval), name="counters")
+                    )
                 await stopping.wait()
                 for task in tasks:
                     task.cancel()

@@ -7,7 +7,8 @@ first brings the interpreter's entries up to date with the difference (its
 learned conntrack and affinity state survives, as on a real target).  Every
 entry a packet hits feeds that entry's direct counter in softipu, so a
 P4Runtime Read with ``counter_data`` (or of DirectCounterEntry) returns what
-the packets did, per ACL rule, per route, per frontend.
+the packets did, per ACL rule, per route, per frontend; a dropped packet feeds
+the ``drop_reasons`` counter at its reason's index.
 
 In-process API: ``executor.process(Packet(...), now=...)`` returns the
 interpreter's :class:`~xpunet.pipeline.interpreter.Result` (verdict and
@@ -25,9 +26,13 @@ from xpunet.datapath.softipu.entries import MatchKey
 from xpunet.datapath.softipu.server import SoftIpu
 from xpunet.datapath.softipu.state import DeviceState
 from xpunet.pipeline.entries import EntryKey, TableEntry
-from xpunet.pipeline.interpreter import Packet, Pipeline, Result
+from xpunet.pipeline.interpreter import Drop, Packet, Pipeline, Result
+from xpunet.pipeline.schema import DROP_REASONS, SCHEMA
 
 log = logging.getLogger(__name__)
+
+# The indirect counter a drop feeds, indexed by reason (the P4 program counts every drop there).
+_DROP_COUNTER_ID = next(c.id for c in SCHEMA.counters if c.name.endswith(".drop_reasons"))
 
 
 class ExecutionError(RuntimeError):
@@ -89,4 +94,10 @@ class PacketExecutor:
             found = self._index.get(hit.entry.key)
             if found is not None:
                 state.count_hit(found[0], found[1], packet.length)
+        if isinstance(result.verdict, Drop):
+            cells = state.counter_cells.get(_DROP_COUNTER_ID)
+            if cells is not None:  # the xpunet pipeline's drop_reasons: [bytes, packets] per reason
+                cell = cells.setdefault(DROP_REASONS[result.verdict.reason], [0, 0])
+                cell[0] += packet.length
+                cell[1] += 1
         return result
