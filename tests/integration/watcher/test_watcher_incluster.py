@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes_asyncio import client
 from opentelemetry import metrics, trace
 
 from xpunet.bus.nats import NatsBus
@@ -40,7 +41,7 @@ from xpunet.testing.kubeapi import (
     pod,
     service,
 )
-from xpunet.watcher.kube import KubeConfigError
+from xpunet.watcher.kube import KubeConfigError, api_client
 from xpunet.watcher.service import Settings, WatcherOptions, run
 from xpunet.watcher.state import sync_key
 
@@ -264,3 +265,21 @@ async def test_in_cluster_without_the_token_mount_fails_naming_the_file(
     with pytest.raises(KubeConfigError, match=r"serviceaccount/token missing.*automountServiceAccountToken"):
         await run(ctx)
     await bus.delete_kv(bucket_name)
+
+
+async def test_a_kubeconfig_with_a_ca_reaches_the_same_tls_server(
+    in_cluster: InCluster, tmp_path: Path
+) -> None:
+    """An explicit kubeconfig wins over the pod's environment (which the fixture has set)."""
+    api = in_cluster.api
+    api.apply(namespace_obj("ns1"))
+    path = api.write_kubeconfig(tmp_path / "kubeconfig", ca_file=in_cluster.service_account_dir / "ca.crt")
+    kube = await api_client(str(path), service_account_dir=str(tmp_path / "not-used"))
+    try:
+        namespaces = await client.CoreV1Api(kube).list_namespace()
+        assert [n.metadata.name for n in namespaces.items] == ["ns1"]
+    finally:
+        await kube.close()
+    assert api.token_uses == {"token-1": 1}
+    with pytest.raises(ValueError, match="ca_file"):
+        api.write_kubeconfig(tmp_path / "kc2")
