@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-COMMANDS = ("up", "down", "status", "demo", "trace")
+COMMANDS = ("up", "down", "status", "demo", "trace", "counters")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,15 +3,20 @@ service and default-drop totals, read over real P4Runtime, published in KV and e
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from xpunet.bus.api import InSync
+from xpunet.bus.nats import NatsBus
+from xpunet.ctl.counters import counters
+from xpunet.ctl.main import build_parser
 from xpunet.datapath.counters import DEFAULT_DENY, CounterReport, status_key
 from xpunet.datapath.p4rt_target import P4RuntimeTarget
 from xpunet.datapath.service import DatapathOptions, DatapathService
@@ -22,6 +27,7 @@ from xpunet.ir.policy import PolicyEndpoint, PolicyRule, PortRange, RuleOrigin, 
 from xpunet.p4rt.client import ClientSettings
 from xpunet.pipeline.interpreter import TCP, TCP_SYN, Drop, Forward, Packet
 from xpunet.runtime.metrics_text import render_prometheus
+from xpunet.testing.nats import unique_name
 from xpunet.wire import decode_object, encode_object
 
 DB = PolicyEndpoint(
@@ -164,3 +170,43 @@ async def test_the_periodic_poll_publishes(buckets: Buckets, softipu: CountingSo
                 assert isinstance(report, CounterReport)
                 if report.services and report.services[0].packets == 1:
                     break
+
+
+async def test_xpunetctl_counters_prints_the_nodes_tables(
+    bus: NatsBus,
+    nats_url: str,
+    buckets: Buckets,
+    softipu: CountingSoftIpu,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = unique_name("dpstatus")
+    mine = replace(buckets, status=await bus.kv(name))
+    revision = await program(mine)
+    try:
+        async with datapath(mine, softipu, InMemoryMetricReader()) as dp:
+            async with asyncio.timeout(WITHIN):
+                await dp.wait_converged(revision)
+            executor = PacketExecutor(softipu)
+            executor.process(syn("10.96.0.7", 80, 42000), now=1.0)
+            executor.process(syn("10.1.0.11", 9999, 42001), now=1.0)
+            assert await dp.counters.poll()
+
+        def run(*argv: str) -> argparse.Namespace:
+            return build_parser().parse_args(["counters", "--nats", nats_url, "--bucket", name, *argv])
+
+        assert await counters([nats_url], run("--node", "n1")) == 0
+        out = capsys.readouterr().out
+        rows = [line.split() for line in out.splitlines()]
+        assert ["shop", "allow-web", "ingress", "allow", "1", str(syn("", 0, 0).length)] in rows
+        assert ["-", "(default", "deny)", "ingress", "deny", "1", str(syn("", 0, 0).length)] in rows
+        assert ["shop", "svc7", "tcp/80", "1", str(syn("", 0, 0).length)] in rows
+        assert ["acl_ingress", "policy_ingress", "1", str(syn("", 0, 0).length)] in rows
+
+        assert await counters([nats_url], run("--rules")) == 0  # every node: n1
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+        assert ["shop", "allow-web", "ingress", "0", "allow", "1", str(syn("", 0, 0).length)] in rows
+
+        assert await counters([nats_url], run("--node", "elsewhere")) == 1
+        assert "no counter report for node elsewhere" in capsys.readouterr().err
+    finally:
+        await bus.delete_kv(name)
