@@ -71,8 +71,8 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
 
 def format_report(report: CounterReport, now: float, *, by_rule: bool = False) -> list[str]:
     """Tables a network engineer reads at a glance: per policy/direction/verdict, per service, per default."""
-    age = f"{max(0.0, now - report.updated_at):.0f}s ago" if report.updated_at else "never read"
-    lines = [f"node {report.node} ({report.target}): counters read {age}, {report.polls} reads"]
+    age = f"last read {max(0.0, now - report.updated_at):.0f}s ago" if report.updated_at else "not read yet"
+    lines = [f"node {report.node} ({report.target}): counters {age}, {report.polls} reads"]
     if report.last_error:
         lines.append(f"last read failed: {report.last_error}")
     lines.append("")
