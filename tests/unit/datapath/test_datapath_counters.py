@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,9 @@ from xpunet.datapath.counters import (
     classify,
     drops_from_kernel,
 )
+from xpunet.datapath.service import Settings
 from xpunet.pipeline.entries import EntryKey
+from xpunet.runtime.settings import SettingsError, build_settings, cli_layer
 from xpunet.wire import decode_object, encode_object
 
 RULE_A = "shop/allow-web ingress[0] for shop/db"
@@ -134,3 +137,13 @@ def test_report_round_trips_on_the_wire() -> None:
     assert isinstance(back, CounterReport)
     assert back == report
     assert back.rules[0].policy == "allow-web"
+
+
+def test_the_poll_interval_is_a_datapath_setting() -> None:
+    settings = build_settings(Settings, [cli_layer(["datapath.counter_interval=2.5"])])
+    assert settings.datapath.counter_interval == 2.5
+    assert build_settings(Settings, []).datapath.counter_interval == 10.0
+    with pytest.raises(SettingsError, match="counter_interval"):
+        build_settings(Settings, [cli_layer(["datapath.counter_interval=-1"])])
+    with pytest.raises(SettingsError, match="counter_intervall"):
+        build_settings(Settings, [cli_layer(["datapath.counter_intervall=1"])])

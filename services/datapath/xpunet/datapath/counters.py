@@ -57,6 +57,9 @@ _ACL_TABLES: Final = frozenset({"acl_ingress", "acl_egress"})
 _FRONTEND_TABLES: Final = frozenset(
     {"service_frontend_v4", "service_frontend_v6", "node_port_v4", "node_port_v6"}
 )
+# The tables whose entry counters are reported (a target that can read per table reads only these,
+# not the millions of Maglev buckets).
+REPORTED_TABLES: Final = _ACL_TABLES | _FRONTEND_TABLES
 
 
 def status_key(node_token: str) -> str:
