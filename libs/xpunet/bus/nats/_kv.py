@@ -25,7 +25,7 @@ from xpunet.bus.keys import validate_key
 from xpunet.bus.nats._client import encode_headers, parse_headers, pub_command
 from xpunet.bus.nats._errors import ERR_WRONG_LAST_SEQUENCE, ApiError, mapped_errors, parse_api_response
 from xpunet.bus.nats._watch import KVWatch, user_headers
-from xpunet.bus.tracing import inject_headers
+from xpunet.bus.tracing import TRACEPARENT, inject_headers
 
 if TYPE_CHECKING:
     from xpunet.bus.nats._conn import NatsBus
@@ -112,6 +112,8 @@ class AckRouter:
         self._lock = asyncio.Lock()
 
     async def prefix(self) -> str:
+        if self._prefix:
+            return self._prefix  # subscribed already: no lock round per put_many
         async with self._lock:
             if not self._prefix:
                 prefix = self._bus.new_inbox() + "."
@@ -280,14 +282,19 @@ class NatsStateStore:
             validate_key(key)
         if not items:
             return 0
-        put_headers = inject_headers(headers)
-        del_headers = {**(put_headers or {}), KV_OPERATION: OP_DELETE}
+        # A caller that carries a trace context already injected it (the compiler loop and the
+        # watcher do so inside the span the write belongs to): injecting again would only redo it.
+        put_headers = dict(headers) if headers and TRACEPARENT in headers else inject_headers(headers)
         client = self._bus.client
         what = f"put_many to {self._bucket}"
         with mapped_errors(what):
-            # Encoded once per batch, not once per message.
+            # Encoded once per batch, not once per message (the delete block only if there are deletes).
             put_block = encode_headers(put_headers) if put_headers else None
-            del_block = encode_headers(del_headers)
+            del_block = (
+                encode_headers({**(put_headers or {}), KV_OPERATION: OP_DELETE})
+                if any(value is None for _, value in items)
+                else b""
+            )
         limit = client.max_payload
         for key, value in items:
             if value is not None and len(value) + (len(put_block) if put_block else 0) > limit:
