@@ -46,7 +46,7 @@ from opentelemetry.metrics import Meter
 from opentelemetry.trace import Tracer
 
 from xpunet.bus.api import InSync, KVEntry, StateStore
-from xpunet.bus.tracing import CauseTracker, flush_span, source_attributes, written_at_headers
+from xpunet.bus.tracing import WRITTEN_AT_HEADER, CauseTracker, flush_span, source_attributes
 from xpunet.model.keys import parse_object_key as parse_k8s_key
 from xpunet.model.objects import EndpointSlice, K8sObject, Kind, Namespace, NetworkPolicy, Node, Pod, Service
 from xpunet.runtime.pacing import pace_flushes
@@ -318,16 +318,20 @@ class CompilerService:
         causes = self._causes.take()
         attributes = source_attributes(causes, self.parse_object_key)
         with flush_span(self._tracer, f"{self.name}.compile", causes, attributes) as span:
-            result = await self._write(written_at_headers(causes, self._clock()))
+            # Only the written-at: put_many adds the trace context (this span is current), and
+            # injecting it here too would do that work twice per flush.
+            headers = {WRITTEN_AT_HEADER: f"{causes.written_at(self._clock()):.6f}"}
+            result, deletes = await self._write(headers)
             span.set_attribute("xpunet.intent.keys", len(result.intents))
-            span.set_attribute("xpunet.intent.deletes", sum(1 for v in result.intents.values() if v is None))
+            span.set_attribute("xpunet.intent.deletes", deletes)
             span.set_attribute("xpunet.status.keys", len(result.status))
         if self.metrics and result.intents and causes.count:
             now = self._clock()
             self.metrics.change_to_intent.record(max(0.0, now - causes.written_at(now)))
         return result
 
-    async def _write(self, headers: Mapping[str, str]) -> FlushResult:
+    async def _write(self, headers: Mapping[str, str]) -> tuple[FlushResult, int]:
+        """Compile and write; returns what was written and how many intent keys it deletes."""
         started = time.perf_counter()
         first_change, self._first_change = self._first_change, None
         inputs, self._inputs = self._inputs, 0
@@ -362,7 +366,7 @@ class CompilerService:
         self._target.flushed()
         if self._heap is not None:
             self._heap.flushed(inputs + len(result.intents) + len(result.status))
-        return result
+        return result, deletes
 
     async def run(self, stopping: asyncio.Event, *, on_synced: Callable[[], None] | None = None) -> None:
         """Watch, compile and write until ``stopping``; then a last flush of what already arrived."""
