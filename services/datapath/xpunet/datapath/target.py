@@ -22,6 +22,10 @@ to write, the target only executes it:
   call (unreachable, no longer primary) raises ``RetryableTargetError``; what
   was applied before it is unknown to the caller, which reconciles.
 * ``read_counters()`` returns the direct counters (packets, bytes) per entry key.
+  ``xpunet.datapath.counter_poll`` turns them into per-policy / per-service
+  totals; drop counters are not part of this Protocol: it reads them from the
+  kind of target it knows (P4Runtime ``drop_reasons``, the kernel's named
+  counters) and reports "not counted" for others.
 
 Errors are ``xpunet.p4rt.errors`` classes (pure, shared by every target).
 """
