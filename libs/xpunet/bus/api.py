@@ -110,12 +110,15 @@ class StateStore(Protocol):
 
     async def keys(self, prefix: str = "") -> list[str]: ...
 
-    def watch(self, prefix: str = "") -> Watch:
+    def watch(self, prefix: str | tuple[str, ...] = "") -> Watch:
         """Current values of every key under ``prefix``, then ``InSync``, then every later change in order.
 
         The snapshot omits deleted keys; after ``InSync`` a delete or purge is a
         ``KVEntry`` with ``value=None``.  Revisions strictly increase; a watch
         survives reconnects and server restarts without gaps or duplicates.
+        A tuple of prefixes (not overlapping) is one watch over all of them: changes
+        under different prefixes come in the bucket's revision order too, which
+        separate watches do not promise.
         """
         ...
 

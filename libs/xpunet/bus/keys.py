@@ -9,6 +9,7 @@ says whether the rest must be checked on the client.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from xpunet.bus.errors import InvalidKey
@@ -61,3 +62,27 @@ def prefix_filter(prefix: str) -> tuple[str, bool]:
     if dot:
         return head + ".>", False
     return ">", False
+
+
+def prefixes_filters(prefixes: tuple[str, ...]) -> tuple[list[str], bool]:
+    """The subject filters (relative, as ``prefix_filter``) of one watch over several prefixes.
+
+    Returns ``(filters, exact)``: one filter per distinct subject range, and whether every
+    prefix is exact (else keys must be checked against the prefixes on the client).  The
+    server refuses overlapping filters, so overlapping prefixes (``pod.`` and ``pod.a.``, or
+    anything with ``""``) raise ``InvalidKey`` naming them; watch the wider one instead.
+    """
+    if not prefixes:
+        raise InvalidKey("a watch needs at least one key prefix")
+    by_filter: dict[str, str] = {}
+    exact = True
+    for prefix in prefixes:
+        subject, is_exact = prefix_filter(prefix)
+        exact = exact and is_exact
+        by_filter.setdefault(subject, prefix)
+    heads = sorted((subject[:-1], prefix) for subject, prefix in by_filter.items())  # without the ">"
+    # Sorted, a head that starts with another comes right after it or after one that does too.
+    for (head, prefix), (next_head, next_prefix) in itertools.pairwise(heads):
+        if next_head.startswith(head):
+            raise InvalidKey(f"watch prefixes {prefix!r} and {next_prefix!r} overlap: watch {prefix!r} alone")
+    return list(by_filter), exact

@@ -5,9 +5,13 @@ A compiler service watches some kinds of ``xpunet-k8s`` plus the watcher's
 writes what the compiler says changed.  Everything around the compiler is the
 same for every one of them and lives here:
 
-* **In-sync gating.**  Nothing is flushed until every watch has delivered its
+* **In-sync gating.**  Nothing is flushed until the watch has delivered its
   snapshot (``InSync``) *and* the ``sync.<kind>`` marker of every watched kind
-  exists, so a partial view never sweeps a node's intents.
+  exists, so a partial view never sweeps a node's intents.  The kinds' prefixes
+  and ``sync.`` are one watch (one consumer), so input comes in the bucket's
+  revision order: a marker the watcher writes after a kind's objects arrives
+  after them.  (With a watch per prefix, a marker could overtake objects still
+  on their way in another watch, and a flush would sweep what they produce.)
 * **Coalescing and pacing.**  Input only marks the service dirty; flushes run
   in :func:`xpunet.runtime.pacing.pace_flushes` (a change after a quiet spell
   at once, a burst at most once per ``flush_interval``).
@@ -228,7 +232,7 @@ class CompilerService:
         self._causes = CauseTracker(clock=clock)
         self._dirty = asyncio.Event()
         self._dirty_flag = False  # something arrived since the last flush (for the final flush)
-        self._in_sync_watches: set[str] = set()
+        self._in_sync = False  # the watch delivered its snapshot
         self._sync_markers: set[str] = set()
         self.synced = asyncio.Event()  # set after the first full flush
         self.flushes = 0
@@ -239,26 +243,25 @@ class CompilerService:
 
     @property
     def ready_to_flush(self) -> bool:
-        """Every watch delivered its snapshot and every watched kind's sync marker exists."""
-        return len(self._in_sync_watches) == len(self.watched) + 1 and self._sync_markers >= {
-            k.value for k in self.watched
-        }
+        """The watch delivered its snapshot and every watched kind's sync marker exists."""
+        return self._in_sync and self._sync_markers >= {k.value for k in self.watched}
 
     def parse_object_key(self, key: str) -> tuple[Kind, str | None, str] | None:
         """(kind, namespace, name) of a watched object's key; None for other keys."""
         parsed = parse_k8s_key(key)
         return parsed if parsed is not None and parsed[0] in self.watched else None
 
-    def prefixes(self) -> list[str]:
-        return [f"{k.value}." for k in self.watched] + [SYNC_PREFIX]
+    def prefixes(self) -> tuple[str, ...]:
+        return (*(f"{k.value}." for k in self.watched), SYNC_PREFIX)
 
-    async def consume(self, prefix: str) -> None:
-        async for item in self._k8s.watch(prefix):
+    async def consume(self) -> None:
+        """One watch over every watched kind and the sync markers: input in revision order."""
+        async for item in self._k8s.watch(self.prefixes()):
             if isinstance(item, InSync):
-                self._in_sync_watches.add(prefix)
+                self._in_sync = True
                 self._mark_dirty()
                 continue
-            if prefix in self._in_sync_watches:
+            if self._in_sync:
                 # A live change (snapshot values describe state, not a change to trace or time).
                 self._causes.note(item.key, item.headers)
             self.apply(item)
@@ -371,13 +374,12 @@ class CompilerService:
     async def run(self, stopping: asyncio.Event, *, on_synced: Callable[[], None] | None = None) -> None:
         """Watch, compile and write until ``stopping``; then a last flush of what already arrived."""
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self.consume(p), name=f"watch {p}") for p in self.prefixes()]
+            watch = tg.create_task(self.consume(), name="watch")
             flusher = tg.create_task(self.flush_loop(stopping), name="flush")
             if on_synced is not None:
                 tg.create_task(_call_when(self.synced, on_synced), name="ready")
             await stopping.wait()
-            for task in tasks:
-                task.cancel()
+            watch.cancel()
             flusher.cancel()
         # Only once in sync: never sweep a partial view.
         if self.ready_to_flush and self._dirty_flag:

@@ -50,6 +50,39 @@ async def test_snapshot_then_in_sync_then_updates_in_revision_order(kv: NatsStat
     assert revisions == sorted(set(revisions))
 
 
+async def test_one_watch_over_several_prefixes_keeps_revision_order_across_them(kv: NatsStateStore) -> None:
+    await kv.put("pod.a", b"1")
+    await kv.put("svc.x", b"2")
+    await kv.put("other.z", b"not watched")
+    await kv.put("pod.b", b"3")
+    await kv.put("svc.x", b"2'")
+    async with contextlib.aclosing(kv.watch(("pod.", "svc."))) as watch:
+        snapshot = await take(watch, 4)
+        assert _entries(snapshot[:3]) == [("pod.a", b"1"), ("pod.b", b"3"), ("svc.x", b"2'")]
+        assert isinstance(snapshot[3], InSync)
+        await kv.put("svc.y", b"4")
+        await kv.put("other.q", b"not watched")
+        await kv.put("pod.c", b"5")
+        await kv.delete("svc.x")
+        updates = await take(watch, 3)
+    assert _entries(updates) == [("svc.y", b"4"), ("pod.c", b"5"), ("svc.x", None)]
+    revisions = [u.revision for u in snapshot[:3] + updates if isinstance(u, KVEntry)]
+    assert revisions == sorted(revisions)
+
+
+async def test_several_prefixes_that_are_not_whole_tokens_are_checked_per_key(kv: NatsStateStore) -> None:
+    await kv.put_many({"pod.ns1.a": b"a", "pod.ns2.b": b"b", "svc.x": b"x"})
+    async with contextlib.aclosing(kv.watch(("pod.ns1", "svc."))) as watch:
+        items = await take(watch, 3)
+    assert sorted(_entries(items)) == [("pod.ns1.a", b"a"), ("svc.x", b"x")]
+    assert isinstance(items[-1], InSync)
+
+
+async def test_overlapping_watch_prefixes_are_refused_before_any_request(kv: NatsStateStore) -> None:
+    with pytest.raises(InvalidKey, match="overlap"):
+        kv.watch(("pod.", "pod.a."))
+
+
 async def test_empty_snapshot_is_in_sync_at_zero(kv: NatsStateStore) -> None:
     async with contextlib.aclosing(kv.watch()) as watch:
         assert await take(watch, 1) == [InSync(0)]

@@ -36,6 +36,7 @@ class RecordingCompiler:
         self.pending: dict[str, bytes | None] = {}
         self.status: dict[str, bytes | None] = {}
         self.flushed_count = 0
+        self.seen_at_flush: list[int] = []  # inputs seen when each flush compiled
         self._input = asyncio.Event()
 
     async def until_seen(self, what: str) -> None:
@@ -62,6 +63,7 @@ class RecordingCompiler:
         self._input.set()
 
     def flush(self) -> FlushResult:
+        self.seen_at_flush.append(len(self.seen))
         intents, self.pending = self.pending, {}
         status, self.status = self.status, {}
         return FlushResult(intents=intents, status=status, rejected=len(status))
@@ -134,9 +136,8 @@ async def test_gating_inputs_writes_and_timings(bus: NatsBus, caplog: pytest.Log
             await k8s.put("sync.namespace", b"\x80")
             await next_entry(out_watch, "out.pod.web")
             await service.synced.wait()
-            # Each kind has its own watch (its own consumer): the namespace put can reach the
-            # service before the pod watch's snapshot does, so only the set of inputs is fixed.
-            assert sorted(compiler.seen) == ["upsert namespace shop", "upsert pod web"]
+            # One watch over every kind (one consumer): input comes in revision order.
+            assert compiler.seen == ["upsert pod web", "upsert namespace shop"]
             assert freezes.calls == 1  # the in-sync flush
 
             # Bad input: undecodable goes to the compiler, another kind's object under a pod key does not.
@@ -163,6 +164,28 @@ async def test_gating_inputs_writes_and_timings(bus: NatsBus, caplog: pytest.Log
             assert t.first_change is not None
             assert t.first_change <= t.started <= t.compiled <= t.written
         assert freezes.calls >= 2  # 4 inputs since the first freeze cross refreeze_churn=3
+    finally:
+        for store in (k8s, intents, status):
+            await bus.delete_kv(store.bucket)
+
+
+async def test_a_sync_marker_never_overtakes_the_objects_written_before_it(bus: NatsBus) -> None:
+    """The watcher writes a kind's objects, then its marker: the first flush must see all of them."""
+    k8s, intents, status = [await bus.kv(unique_name("cs")) for _ in range(3)]
+    compiler = RecordingCompiler()
+    heap = HeapFreezer(freeze=Freezes(), collect=lambda generation: None)
+    pods = 6000
+    values = {f"pod.shop.p{i}": encode_object(pod(f"p{i}")) for i in range(pods)}
+    try:
+        await k8s.put("sync.namespace", b"\x80")
+        await k8s.put_many(dict(list(values.items())[: pods // 2]))
+        # The service starts while the rest is written (a watcher and a service starting together):
+        # its pod watch has a snapshot to deliver, then live pods; the marker comes after all of them.
+        async with running(compiler, k8s, intents, status, heap) as service:
+            await k8s.put_many(dict(list(values.items())[pods // 2 :]))
+            await k8s.put("sync.pod", b"\x80")
+            await service.synced.wait()
+        assert compiler.seen_at_flush[0] == pods
     finally:
         for store in (k8s, intents, status):
             await bus.delete_kv(store.bucket)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpunet.bus.errors import InvalidKey
-from xpunet.bus.keys import prefix_filter, validate_bucket, validate_key, validate_prefix
+from xpunet.bus.keys import prefix_filter, prefixes_filters, validate_bucket, validate_key, validate_prefix
 
 
 @pytest.mark.parametrize(
@@ -60,6 +60,38 @@ def test_invalid_key_is_also_a_value_error() -> None:
 )
 def test_prefix_filter(prefix: str, expected: tuple[str, bool]) -> None:
     assert prefix_filter(prefix) == expected
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "expected"),
+    [
+        pytest.param(("pod.",), (["pod.>"], True), id="one"),
+        pytest.param(("pod.", "namespace.", "sync."), (["pod.>", "namespace.>", "sync.>"], True), id="kinds"),
+        pytest.param(("pod.a", "pod.b"), (["pod.>"], False), id="same-range-once"),
+        pytest.param(("pod.ns1", "svc."), (["pod.>", "svc.>"], False), id="one-inexact"),
+        pytest.param(("pod.", "podx."), (["pod.>", "podx.>"], True), id="string-prefix-is-not-overlap"),
+    ],
+)
+def test_prefixes_filters(prefixes: tuple[str, ...], expected: tuple[list[str], bool]) -> None:
+    assert prefixes_filters(prefixes) == expected
+
+
+@pytest.mark.parametrize(
+    "prefixes",
+    [
+        pytest.param(("pod.", "pod.a."), id="nested"),
+        pytest.param(("", "svc."), id="everything"),
+        pytest.param(("svc.", "pod"), id="single-token-is-everything"),
+    ],
+)
+def test_overlapping_prefixes_are_rejected_by_name(prefixes: tuple[str, ...]) -> None:
+    with pytest.raises(InvalidKey, match="overlap"):
+        prefixes_filters(prefixes)
+
+
+def test_no_prefixes_is_an_error() -> None:
+    with pytest.raises(InvalidKey, match="at least one"):
+        prefixes_filters(())
 
 
 @pytest.mark.parametrize("prefix", [".x", "a..", "sp ace", "x*"])

@@ -205,7 +205,7 @@ class NatsStateStore:
             await watch.aclose()
         return found
 
-    def watch(self, prefix: str = "") -> KVWatch:
+    def watch(self, prefix: str | tuple[str, ...] = "") -> KVWatch:
         return KVWatch(self._bus, self, prefix)
 
     # -- writes -------------------------------------------------------------

@@ -36,7 +36,7 @@ from nats.aio.subscription import Subscription as NatsPySubscription
 
 from xpunet.bus.api import InSync, KVEntry
 from xpunet.bus.errors import BusError
-from xpunet.bus.keys import prefix_filter
+from xpunet.bus.keys import prefixes_filters
 from xpunet.bus.nats._client import parse_headers
 from xpunet.bus.nats._errors import ApiError, mapped_errors, parse_api_response
 
@@ -72,17 +72,24 @@ def user_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 class KVWatch:
-    """``xpunet.bus.api.Watch`` over one KV bucket and key prefix."""
+    """``xpunet.bus.api.Watch`` over one KV bucket and key prefix (or several: one consumer, one order)."""
 
     def __init__(
-        self, bus: NatsBus, store: NatsStateStore, prefix: str, *, headers_only: bool = False
+        self,
+        bus: NatsBus,
+        store: NatsStateStore,
+        prefix: str | tuple[str, ...],
+        *,
+        headers_only: bool = False,
     ) -> None:
-        rel_filter, exact = prefix_filter(prefix)
+        prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+        rel_filters, exact = prefixes_filters(prefixes)
         self._bus = bus
         self._store = store
-        self._prefix = prefix
+        self._prefix = prefixes[0] if len(prefixes) == 1 else "|".join(prefixes)  # for messages
+        self._prefixes = prefixes
         self._exact = exact
-        self._filter = store.subject_prefix + rel_filter
+        self._filters = [store.subject_prefix + f for f in rel_filters]
         self._pre_len = len(store.subject_prefix)
         self._headers_only = headers_only
         self._ready: deque[KVEntry | InSync] = deque()
@@ -205,7 +212,6 @@ class KVWatch:
     def _consumer_config(self, inbox: str) -> dict[str, object]:
         config: dict[str, object] = {
             "deliver_subject": inbox,
-            "filter_subject": self._filter,
             "ack_policy": "none",
             "max_deliver": 1,
             "replay_policy": "instant",
@@ -215,6 +221,11 @@ class KVWatch:
             "num_replicas": 1,
             "headers_only": self._headers_only,
         }
+        # Several prefixes are one consumer, so changes under all of them come in revision order.
+        if len(self._filters) == 1:
+            config["filter_subject"] = self._filters[0]
+        else:
+            config["filter_subjects"] = self._filters
         if self._in_sync:
             config["deliver_policy"] = "by_start_sequence"
             config["opt_start_seq"] = self._last_seq + 1
@@ -313,7 +324,7 @@ class KVWatch:
         if sseq > self._last_seq:
             self._last_seq = sseq
             key = subject[self._pre_len :].decode()
-            if self._exact or key.startswith(self._prefix):
+            if self._exact or key.startswith(self._prefixes):
                 self._emit(key, data, sseq, headers)
         if pending == 0 and not self._in_sync:
             self._mark_in_sync()
