@@ -1,9 +1,10 @@
 """The datapath's counter poll: reads the target's counters every ``datapath.counter_interval`` seconds.
 
-Each poll reads the direct counters of the ACL and frontend tables
-(P4Runtime: one Read of those tables only, not the Maglev buckets; other
-targets: ``Target.read_counters``) and the drop
-counters (P4Runtime: the ``drop_reasons`` indirect counter; kernel: the named
+Each poll reads, through the :class:`~xpunet.datapath.target.Target`
+Protocol, the direct counters of the ACL and frontend tables
+(``read_counters(REPORTED_TABLES)``; P4Runtime: one Read of those tables only,
+not the Maglev buckets) and the drop counters (``read_drop_counters()``;
+P4Runtime: the ``drop_reasons`` indirect counter; kernel: the named
 ``drop_<reason>``/``deny_<direction>`` counters), folds them into
 :class:`~xpunet.datapath.counters.CounterTotals` (per-origin running totals,
 pure), publishes the totals in ``xpunet-status`` key
@@ -27,66 +28,16 @@ from xpunet.bus.api import StateStore
 from xpunet.bus.errors import BusError
 from xpunet.datapath.counters import (
     REPORTED_TABLES,
-    Count,
     CounterReport,
     CounterTotals,
-    drops_from_kernel,
     status_key,
 )
 from xpunet.datapath.target import Target
 from xpunet.ir.keys import node_token
 from xpunet.pipeline.entries import EntryKey, TableEntry
-from xpunet.pipeline.schema import DROP_REASONS, SCHEMA
 from xpunet.wire import encode_object
 
 log = logging.getLogger(__name__)
-
-_DROP_COUNTER_ID = next(c.id for c in SCHEMA.counters if c.name.endswith(".drop_reasons"))
-_REASON_BY_INDEX = {i: r for r, i in DROP_REASONS.items()}
-_REPORTED_TABLE_IDS = sorted(t.id for t in SCHEMA.tables if t.alias in REPORTED_TABLES and t.direct_counter)
-
-
-async def read_entry_counters(target: Target) -> Mapping[EntryKey, Count]:
-    """(packets, bytes) per entry key of the reported tables (a P4Runtime target: one Read of only those)."""
-    from p4.v1 import p4runtime_pb2
-
-    from xpunet.datapath.p4rt_codec import CodecError
-    from xpunet.datapath.p4rt_target import P4RuntimeTarget
-
-    if not isinstance(target, P4RuntimeTarget):
-        return await target.read_counters()  # the kernel target counts only ACL entries anyway
-    queries = []
-    for table_id in _REPORTED_TABLE_IDS:
-        q = p4runtime_pb2.Entity()
-        q.direct_counter_entry.table_entry.table_id = table_id
-        queries.append(q)
-    out: dict[EntryKey, Count] = {}
-    async for entity in target.client.read(queries):
-        dce = entity.direct_counter_entry
-        try:
-            key = target.codec.decode_key(dce.table_entry)
-        except CodecError:
-            continue
-        out[key] = (dce.data.packet_count, dce.data.byte_count)
-    return out
-
-
-async def read_drops(target: Target) -> Mapping[str, Count] | None:
-    """Drop reason → (packets, bytes) on ``target``; None when this kind of target does not count drops."""
-    from xpunet.datapath.p4rt_target import P4RuntimeTarget
-
-    if isinstance(target, P4RuntimeTarget):
-        out: dict[str, Count] = {}
-        for ce in await target.client.read_counters(_DROP_COUNTER_ID):
-            reason = _REASON_BY_INDEX.get(ce.index.index)
-            if reason is not None:
-                out[reason] = (ce.data.packet_count, ce.data.byte_count)
-        return out
-    kernel = getattr(target, "kernel", None)  # KernelTargetAdapter (not imported: pyroute2, nftables)
-    if target.kind == "kernel" and kernel is not None:
-        named: Mapping[str, Count] = await kernel.drop_counters()
-        return drops_from_kernel(named)
-    return None
 
 
 class CounterPoller:
@@ -120,8 +71,8 @@ class CounterPoller:
     async def poll(self) -> bool:
         """One read of the target folded into the totals, then published; False when the read failed."""
         try:
-            counters = await read_entry_counters(self.target)
-            drops = await read_drops(self.target)
+            counters = await self.target.read_counters(REPORTED_TABLES)
+            drops = await self.target.read_drop_counters()
         except Exception as exc:  # any target failure: log, keep the totals, retry next period
             task = asyncio.current_task()
             if task is not None and task.cancelling():

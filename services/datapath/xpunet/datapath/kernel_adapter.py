@@ -14,8 +14,9 @@ per-update rejections.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
+from xpunet.datapath.counters import drops_from_kernel
 from xpunet.datapath.kernel.target import KernelTarget
 from xpunet.datapath.target import ApplyResult, TargetEntries
 from xpunet.pipeline.diff import Batch, Update
@@ -75,5 +76,12 @@ class KernelTargetAdapter:
                 return
             await self.kernel.set_port_names(names)  # before the first write: only remembered
 
-    async def read_counters(self) -> Mapping[EntryKey, tuple[int, int]]:
+    async def read_counters(
+        self, tables: Collection[str] | None = None
+    ) -> Mapping[EntryKey, tuple[int, int]]:
+        """The ACL entries' counters (the only entries the kernel target counts), whatever ``tables``."""
         return await self.kernel.counters()
+
+    async def read_drop_counters(self) -> Mapping[str, tuple[int, int]]:
+        """The ruleset's named ``drop_<reason>`` / ``deny_<direction>`` counters, per drop reason."""
+        return drops_from_kernel(await self.kernel.drop_counters())

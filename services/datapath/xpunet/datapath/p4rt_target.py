@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2
@@ -34,8 +34,13 @@ from xpunet.p4rt.errors import RetryableTargetError, TargetError
 from xpunet.pipeline.diff import Update
 from xpunet.pipeline.entries import EntryKey, TableEntry
 from xpunet.pipeline.p4info import load_p4info
+from xpunet.pipeline.schema import DROP_REASONS, SCHEMA
 
 log = logging.getLogger(__name__)
+
+# The pipeline's indirect counter of drops, one cell per drop reason.
+_DROP_COUNTER_ID = next(c.id for c in SCHEMA.counters if c.name.endswith(".drop_reasons"))
+_REASON_BY_INDEX = {i: r for r, i in DROP_REASONS.items()}
 
 
 class P4RuntimeTarget:
@@ -148,14 +153,36 @@ class P4RuntimeTarget:
             raise
         return TargetEntries(tuple(owned), frozenset(foreign))
 
-    async def read_counters(self) -> Mapping[EntryKey, tuple[int, int]]:
+    async def read_counters(
+        self, tables: Collection[str] | None = None
+    ) -> Mapping[EntryKey, tuple[int, int]]:
+        """One Read: every direct counter, or (``tables``) only those tables' (not the Maglev buckets)."""
+        if tables is None:
+            found = await self.client.read_direct_counters(0)
+        else:
+            queries = []
+            for table in SCHEMA.tables:
+                if table.direct_counter and table.alias in tables:
+                    q = p4runtime_pb2.Entity()
+                    q.direct_counter_entry.table_entry.table_id = table.id
+                    queries.append(q)
+            found = [entity.direct_counter_entry async for entity in self.client.read(queries)]
         out: dict[EntryKey, tuple[int, int]] = {}
-        for dce in await self.client.read_direct_counters(0):
+        for dce in found:
             try:
                 key = self.codec.decode_key(dce.table_entry)
             except CodecError:
                 continue
             out[key] = (dce.data.packet_count, dce.data.byte_count)
+        return out
+
+    async def read_drop_counters(self) -> Mapping[str, tuple[int, int]]:
+        """The pipeline's ``drop_reasons`` counter, indexed by reason."""
+        out: dict[str, tuple[int, int]] = {}
+        for ce in await self.client.read_counters(_DROP_COUNTER_ID):
+            reason = _REASON_BY_INDEX.get(ce.index.index)
+            if reason is not None:
+                out[reason] = (ce.data.packet_count, ce.data.byte_count)
         return out
 
     # ----------------------------------------------------------------- write

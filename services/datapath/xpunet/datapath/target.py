@@ -21,18 +21,18 @@ to write, the target only executes it:
   in the result (the rest of the batch still applies).  A failure of a whole
   call (unreachable, no longer primary) raises ``RetryableTargetError``; what
   was applied before it is unknown to the caller, which reconciles.
-* ``read_counters()`` returns the direct counters (packets, bytes) per entry key.
-  ``xpunet.datapath.counter_poll`` turns them into per-policy / per-service
-  totals; drop counters are not part of this Protocol: it reads them from the
-  kind of target it knows (P4Runtime ``drop_reasons``, the kernel's named
-  counters) and reports "not counted" for others.
+* ``read_counters(tables)`` returns the direct counters (packets, bytes) per
+  entry key, of the named tables only when it can read per table, and
+  ``read_drop_counters()`` the packets dropped per drop reason (None: this
+  target does not count drops).  ``xpunet.datapath.counter_poll`` turns them
+  into per-policy / per-service / per-reason totals.
 
 Errors are ``xpunet.p4rt.errors`` classes (pure, shared by every target).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -104,6 +104,14 @@ class Target(Protocol):
 
     async def apply(self, phases: Sequence[Sequence[Update]]) -> ApplyResult: ...
 
-    async def read_counters(self) -> Mapping[EntryKey, tuple[int, int]]:
-        """Direct counters, (packets, bytes) per entry key, for the tables that have them."""
+    async def read_counters(
+        self, tables: Collection[str] | None = None
+    ) -> Mapping[EntryKey, tuple[int, int]]:
+        """Direct counters, (packets, bytes) per entry key, of ``tables`` (aliases; None: every table
+        that has them).  A target that cannot read per table may return more keys than asked for."""
+        ...
+
+    async def read_drop_counters(self) -> Mapping[str, tuple[int, int]] | None:
+        """(packets, bytes) per drop reason (``xpunet.pipeline.schema.DROP_REASONS``); None when this
+        target does not count drops."""
         ...
