@@ -2,8 +2,9 @@
 
 Flow: read the policy intents a previous run left in ``xpunet-intent`` (so
 unchanged keys are not rewritten and stale ones are swept), watch Pods,
-Namespaces and NetworkPolicies plus the watcher's ``sync.<kind>`` markers,
-and once every watch delivered its snapshot *and* the three markers exist,
+Namespaces and NetworkPolicies plus the watcher's ``sync.<kind>`` markers
+(one watch, in revision order), and once it delivered its snapshot *and* the
+three markers exist,
 flush: the compiler returns only changed keys, which go out in one pipelined
 ``put_many`` (deletes explicit).  Nothing is swept before that point, so a
 partial view never removes a node's rules.  Afterwards a change after a quiet
