@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from xpunet.ctl.stack import StackOptions
 from xpunet.runtime.logs import configure_logging
+from xpunet.runtime.settings import BusSettings
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,31 @@ def add_log_argument(parser: argparse.ArgumentParser, default: str = "warning") 
         choices=["debug", "info", "warning", "error"],
         help=f"log level of xpunetctl and in-process services' logs on stderr ({default})",
     )
+
+
+def add_reach_arguments(parser: argparse.ArgumentParser, *, timeout: float = 5.0) -> None:
+    """``--nats``, ``--timeout`` and ``--log-level`` of a subcommand that reads a running stack's bus."""
+    parser.add_argument(
+        "--nats",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="NATS to ask (default: $XPUNET_BUS_URLS or the bus.urls default; repeatable)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=timeout, metavar="SECONDS", help=f"to reach NATS ({timeout:g})"
+    )
+    add_log_argument(parser, default="error")  # connection retries are summed up in one message
+
+
+def reach_urls(args: argparse.Namespace) -> list[str]:
+    """The NATS URLs to ask: ``--nats``, else ``$XPUNET_BUS_URLS`` (comma-separated), else bus.urls' default;
+    configures logging from ``--log-level`` too."""
+    configure_logging(args.log_level)
+    urls: list[str] = args.nats or [
+        u.strip() for u in os.environ.get("XPUNET_BUS_URLS", "").split(",") if u.strip()
+    ]
+    return urls or list(BusSettings().urls)
 
 
 def stack_options(args: argparse.Namespace) -> StackOptions:

@@ -10,7 +10,6 @@ read, as of the age it prints.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,11 +18,10 @@ from typing import Any
 from xpunet.bus.api import BUCKET_STATUS
 from xpunet.bus.errors import BusUnavailable
 from xpunet.bus.nats import connect as bus_connect
-from xpunet.ctl._args import add_log_argument
+from xpunet.ctl._args import add_reach_arguments, reach_urls
 from xpunet.ctl._run import run_until_signal
 from xpunet.datapath.counters import CounterReport, status_key
 from xpunet.ir.keys import node_token
-from xpunet.runtime.settings import BusSettings
 from xpunet.wire import WireError, decode_object
 
 _PREFIX = "counters.datapath."
@@ -157,21 +155,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--node", help="the node (default: every node with a report)")
     parser.add_argument("--rules", action="store_true", help="one row per rule instead of per policy")
-    parser.add_argument(
-        "--nats", action="append", default=[], metavar="URL", help="NATS (default: $XPUNET_BUS_URLS)"
-    )
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="to reach NATS (5)")
     parser.add_argument("--bucket", default=BUCKET_STATUS, help=argparse.SUPPRESS)
-    add_log_argument(parser, default="error")
+    add_reach_arguments(parser)
     parser.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from xpunet.runtime.logs import configure_logging
-
-    configure_logging(args.log_level)
-    urls: list[str] = args.nats or [
-        u.strip() for u in os.environ.get("XPUNET_BUS_URLS", "").split(",") if u.strip()
-    ]
-    urls = urls or list(BusSettings().urls)
+    urls = reach_urls(args)
     return run_until_signal(lambda _stop: counters(urls, args))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -11,10 +10,9 @@ from typing import Any
 from xpunet.bus.api import BUCKET_STATUS
 from xpunet.bus.errors import BusUnavailable
 from xpunet.bus.nats import connect as bus_connect
-from xpunet.ctl._args import add_log_argument
+from xpunet.ctl._args import add_reach_arguments, reach_urls
 from xpunet.ctl._run import run_until_signal
 from xpunet.runtime.records import HEALTH_KEY_PREFIX, HealthRecord, RecordError, decode_health
-from xpunet.runtime.settings import BusSettings
 
 _CONNECT_TIMEOUT = 5.0
 
@@ -26,28 +24,12 @@ def add_parser(subparsers: Any) -> None:
         description="Read every service instance's health record from the KV bucket xpunet-status. "
         "Exit 0 when at least one instance is known and all are ready and fresh, else 1.",
     )
-    parser.add_argument(
-        "--nats",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="NATS to ask (default: $XPUNET_BUS_URLS or the bus.urls default)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=_CONNECT_TIMEOUT, metavar="SECONDS", help="to reach NATS (5)"
-    )
-    add_log_argument(parser, default="error")  # connection retries are summed up in one message
+    add_reach_arguments(parser, timeout=_CONNECT_TIMEOUT)
     parser.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from xpunet.runtime.logs import configure_logging
-
-    configure_logging(args.log_level)
-    urls: list[str] = args.nats or [
-        u.strip() for u in os.environ.get("XPUNET_BUS_URLS", "").split(",") if u.strip()
-    ]
-    urls = urls or list(BusSettings().urls)
+    urls = reach_urls(args)
     return run_until_signal(lambda _stop: status(urls, connect_within=args.timeout))
 
 

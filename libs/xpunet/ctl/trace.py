@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 from xpunet.bus.api import BUCKET_INTENT, BUCKET_K8S
 from xpunet.bus.errors import BusUnavailable
 from xpunet.bus.nats import connect as bus_connect
-from xpunet.ctl._args import add_log_argument
+from xpunet.ctl._args import add_reach_arguments, reach_urls
 from xpunet.ctl._run import run_until_signal
 from xpunet.ir import lb as lb_ir
 from xpunet.ir.policy import POLICY_EP_SCHEMA, POLICY_IPSET_SCHEMA, IPSet, PolicyEndpoint
@@ -36,7 +35,6 @@ from xpunet.model.objects import K8sObject, Node, Pod, Service
 from xpunet.pipeline.interpreter import TCP_SYN, Packet, Pipeline, Result, ToNode
 from xpunet.pipeline.lowering import PROTO_NUMBERS, Lowered, NodePorts, lower, node_intents_from_kv
 from xpunet.pipeline.tracefmt import TraceNames, format_packet, format_result
-from xpunet.runtime.settings import BusSettings
 from xpunet.wire import WireError, decode, from_wire
 
 HOST_PORT, UPLINK_PORT, FIRST_POD_PORT = 1, 2, 100
@@ -289,22 +287,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--node", help="the node the packet enters (default: the source pod's node)")
     parser.add_argument("--sport", type=int, default=40000, help="source port (40000)")
-    parser.add_argument(
-        "--nats", action="append", default=[], metavar="URL", help="NATS (default: $XPUNET_BUS_URLS)"
-    )
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="to reach NATS (5)")
     parser.add_argument("--k8s-bucket", default=BUCKET_K8S, help=argparse.SUPPRESS)
     parser.add_argument("--intent-bucket", default=BUCKET_INTENT, help=argparse.SUPPRESS)
-    add_log_argument(parser, default="error")
+    add_reach_arguments(parser)
     parser.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from xpunet.runtime.logs import configure_logging
-
-    configure_logging(args.log_level)
-    urls: list[str] = args.nats or [
-        u.strip() for u in os.environ.get("XPUNET_BUS_URLS", "").split(",") if u.strip()
-    ]
-    urls = urls or list(BusSettings().urls)
+    urls = reach_urls(args)
     return run_until_signal(lambda _stop: trace(urls, args))
