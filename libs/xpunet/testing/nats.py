@@ -8,6 +8,9 @@
 * ``bus`` — a ``NatsBus`` connected to the session server, drained after the test.
 * ``kv`` — a ``NatsStateStore`` on a fresh bucket, deleted after the test.
 * ``take(aiter, n)`` — the next ``n`` items of an async iterator, bounded by a timeout.
+* ``next_entry(watch, key)`` — the next update of one key on a KV watch, bounded by a timeout.
+* ``in_background(service)`` — a service's ``run(stopping)`` as a task for the ``async with``
+  block; stopped and awaited at its end.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import TypeVar
+from contextlib import asynccontextmanager
+from typing import Protocol, TypeVar
 
 import pytest
 
+from xpunet.bus.api import InSync, KVEntry
 from xpunet.bus.nats import NatsBus, NatsStateStore, connect
 from xpunet.embedded.nats import NatsServer
 
@@ -82,3 +87,31 @@ async def take(source: AsyncIterator[T], n: int, *, within: float = 10.0) -> lis
         while len(items) < n:
             items.append(await anext(source))
     return items
+
+
+async def next_entry(watch: AsyncIterator[KVEntry | InSync], key: str, *, within: float = 10.0) -> KVEntry:
+    """The next update of ``key`` on ``watch`` (other keys and InSync skipped), within ``within`` seconds."""
+    async with asyncio.timeout(within):
+        async for item in watch:
+            if isinstance(item, KVEntry) and item.key == key:
+                return item
+    raise AssertionError(f"the watch ended before an update of {key}")
+
+
+class StoppableService(Protocol):
+    async def run(self, stopping: asyncio.Event) -> None: ...
+
+
+S = TypeVar("S", bound=StoppableService)
+
+
+@asynccontextmanager
+async def in_background(service: S, *, stop_within: float = 10.0) -> AsyncIterator[S]:
+    """Run ``service.run(stopping)`` as a task for the block; then set ``stopping`` and await the task."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(service.run(stopping))
+    try:
+        yield service
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, stop_within)

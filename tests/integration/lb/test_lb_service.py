@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from xpunet.bus.api import InSync, KVEntry, StateStore
+from xpunet.bus.api import StateStore
 from xpunet.bus.nats import NatsBus
 from xpunet.ir.lb import LbRejection, LbServicePort
 from xpunet.lb.service import LbService, load_existing
 from xpunet.lb.state import LbCompiler
 from xpunet.model.objects import Endpoint, EndpointPort, EndpointSlice, Labels, Service, ServicePort
-from xpunet.testing.nats import unique_name
+from xpunet.testing.nats import in_background, next_entry, unique_name
 from xpunet.wire import decode_object, encode_object
 
 KEY = "global.lb.svc.default.web.tcp-80.ipv4"
@@ -49,21 +48,8 @@ async def running(k8s: StateStore, intents: StateStore, status: StateStore) -> A
     existing, rejections = await load_existing(intents, status)
     compiler.seed(existing, rejections)
     service = LbService(compiler, k8s=k8s, intents=intents, status=status, flush_interval=0.0)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
-    try:
+    async with in_background(service):
         yield service
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def next_change(watch: AsyncIterator[KVEntry | InSync], key: str) -> KVEntry:
-    async with asyncio.timeout(10):
-        async for item in watch:
-            if isinstance(item, KVEntry) and item.key == key:
-                return item
-    raise AssertionError("watch ended")
 
 
 async def test_service_writes_updates_deletes_and_survives_restart(bus: NatsBus) -> None:
@@ -77,7 +63,7 @@ async def test_service_writes_updates_deletes_and_survives_restart(bus: NatsBus)
         async with running(k8s, intents, status) as service:
             assert not service.synced.is_set()
             await sync_markers(k8s)
-            entry = await next_change(watch, KEY)
+            entry = await next_entry(watch, KEY)
             assert entry.value is not None
             first = decode_object(entry.value)
             assert isinstance(first, LbServicePort)
@@ -86,7 +72,7 @@ async def test_service_writes_updates_deletes_and_survives_restart(bus: NatsBus)
             assert await intents.get(STALE) is None  # swept once in sync
 
             await k8s.put("endpointslice.default.web-1", encode_object(web_slice("10.0.0.1", "10.0.0.2")))
-            entry = await next_change(watch, KEY)
+            entry = await next_entry(watch, KEY)
             assert entry.value is not None
             second = decode_object(entry.value)
             assert isinstance(second, LbServicePort)
@@ -95,7 +81,7 @@ async def test_service_writes_updates_deletes_and_survives_restart(bus: NatsBus)
 
             # Bad input is reported in xpunet-status and the rest still compiles.
             await k8s.put("endpointslice.default.web-1", encode_object(web_slice("10.0.0.1", "10.0.0.999")))
-            entry = await next_change(watch, KEY)
+            entry = await next_entry(watch, KEY)
             report = await status.get("lb.rejected.default.web")
             assert report is not None
             assert report.value is not None
@@ -113,7 +99,7 @@ async def test_service_writes_updates_deletes_and_survives_restart(bus: NatsBus)
             assert isinstance(restarted, LbServicePort)
             assert restarted.id == first.id
             await k8s.delete("service.default.web")
-            entry = await next_change(watch, KEY)
+            entry = await next_entry(watch, KEY)
             assert entry.value is None
         await watch.aclose()
     finally:

@@ -29,7 +29,7 @@ from xpunet.model.objects import (
 )
 from xpunet.policy.compiler import PolicyCompiler
 from xpunet.policy.service import PolicyService, load_existing
-from xpunet.testing.nats import unique_name
+from xpunet.testing.nats import in_background, next_entry, unique_name
 from xpunet.wire import decode_object, encode_object
 
 DB_KEY = endpoint_key("n1", "shop", "db")
@@ -78,21 +78,8 @@ async def running(
         existing=existing,
         existing_reports=reports,
     )
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
-    try:
+    async with in_background(service):
         yield service
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def next_change(watch: AsyncIterator[KVEntry | InSync], key: str) -> KVEntry:
-    async with asyncio.timeout(10):
-        async for item in watch:
-            if isinstance(item, KVEntry) and item.key == key:
-                return item
-    raise AssertionError("watch ended")
 
 
 async def until(watch: AsyncIterator[KVEntry | InSync], key: str, expected: object) -> None:
@@ -126,7 +113,7 @@ async def test_policy_service_end_to_end(bus: NatsBus) -> None:
         async with running(k8s, intents, status) as service:
             assert not service.synced.is_set()
             await sync_markers(k8s)
-            entry = await next_change(watch, DB_KEY)
+            entry = await next_entry(watch, DB_KEY)
             assert entry.value is not None
             db = decode_object(entry.value)
             assert isinstance(db, PolicyEndpoint)

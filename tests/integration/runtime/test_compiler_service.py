@@ -17,12 +17,12 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from xpunet.bus.api import InSync, KVEntry, StateStore
+from xpunet.bus.api import StateStore
 from xpunet.bus.nats import NatsBus
 from xpunet.bus.tracing import WRITTEN_AT_HEADER
 from xpunet.model.objects import K8sObject, Kind, Labels, Namespace, Pod
 from xpunet.runtime.compiler_service import CompilerService, FlushResult, FlushTiming, HeapFreezer
-from xpunet.testing.nats import unique_name
+from xpunet.testing.nats import in_background, next_entry, unique_name
 from xpunet.wire import WireError, encode_object
 
 WATCHED = (Kind.POD, Kind.NAMESPACE)
@@ -98,21 +98,8 @@ async def running(
         flush_interval=0.0,
         heap=heap,
     )
-    stopping = asyncio.Event()
-    task = asyncio.create_task(service.run(stopping))
-    try:
+    async with in_background(service):
         yield service
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def next_entry(watch: AsyncIterator[KVEntry | InSync], key: str) -> KVEntry:
-    async with asyncio.timeout(10):
-        async for item in watch:
-            if isinstance(item, KVEntry) and item.key == key:
-                return item
-    raise AssertionError("watch ended")
 
 
 async def test_gating_inputs_writes_and_timings(bus: NatsBus, caplog: pytest.LogCaptureFixture) -> None:
