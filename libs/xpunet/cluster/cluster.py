@@ -203,6 +203,7 @@ class LocalCluster:
             # The manifest directory changes under the demo: the watcher polls it often.
             assignments=("watcher.poll_interval=0.1", "watcher.leader_election=false", *base.assignments),
             node_assignments=per_node,
+            nats_workdir=self.rd.sub("nats"),
         )
 
     async def _start_softipu(self, node: str) -> str:

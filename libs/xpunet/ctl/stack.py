@@ -43,6 +43,9 @@ class StackOptions:
     # Per-datapath --set values (node name → assignments), after the shared ones: each node's
     # target, namespace and attach socket in the local cluster (xpunet.cluster).
     node_assignments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The embedded nats-server's working directory (ports, log, store); None: a temporary one.
+    # The local cluster puts it in its run directory, where `xpunetctl down` looks after a crash.
+    nats_workdir: Path | None = None
 
 
 @dataclass(slots=True)
@@ -85,7 +88,7 @@ class Stack:
         if self.options.nats_urls:
             self.nats_urls = self.options.nats_urls
         else:
-            self.nats = NatsServer(name="xpunet-embedded")
+            self.nats = NatsServer(name="xpunet-embedded", workdir=self.options.nats_workdir)
             await self.nats.astart()
             self.nats_urls = (self.nats.url,)
             log.info("embedded nats-server at %s", self.nats.url)

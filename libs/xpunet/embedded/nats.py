@@ -79,7 +79,10 @@ class NatsServer:
 
     ``store_dir`` given: the JetStream store lives there and is kept.  Not
     given: a temporary directory, removed by ``stop()`` (but kept across
-    ``restart()``).
+    ``restart()``).  ``workdir`` given: the ports file, the log and (without
+    ``store_dir``) the store live there and ``stop()`` leaves them to its owner;
+    the server's command line then names it, so a caller that cleans up after
+    a crash by command line (``xpunetctl down``) finds the server too.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class NatsServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         store_dir: Path | str | None = None,
+        workdir: Path | None = None,
         binary: Path | None = None,
         name: str = "xpunet-embedded",
         start_timeout: float = 20.0,
@@ -102,7 +106,8 @@ class NatsServer:
         self._name = name
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
-        self._workdir: Path | None = None
+        self._own_workdir = workdir is None
+        self._workdir: Path | None = workdir
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- properties ---------------------------------------------------------
@@ -144,6 +149,7 @@ class NatsServer:
         binary = self._binary or find_nats_server()
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="xpunet-nats-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
         if self._store_dir is None:
             self._store_dir = self._workdir / "store"
         self._store_dir.mkdir(parents=True, exist_ok=True)
@@ -181,10 +187,10 @@ class NatsServer:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after the timeout) and remove temporary files."""
         self._terminate()
-        if self._workdir is not None:
+        if self._workdir is not None and self._own_workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-        if self._own_store:
+        if self._own_store and self._own_workdir:
             # The store was inside the workdir; a later start() gets a fresh one.
             self._store_dir = None
 
