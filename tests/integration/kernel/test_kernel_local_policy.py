@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import pytest
 
 from xpunet.datapath.kernel.target import KernelTarget
-from xpunet.datapath.kernel.testbed import Topology, connect_from, in_ns
+from xpunet.datapath.kernel.testbed import Topology, connect_from, in_ns, programmed
 from xpunet.ir.lb import (
     Backend,
     BackendSet,
@@ -164,15 +164,8 @@ async def targets(cluster: Cluster) -> AsyncIterator[dict[str, KernelTarget]]:
         node: KernelTarget(netns=t.node, port_names={11: "xv11", 12: "xv12", UPLINK_PORT: "uplink0"})
         for node, t in cluster.topos.items()
     }
-    try:
-        for node, kt in out.items():
-            result = await kt.apply(diff((), entries(node)))
-            assert result.problems == ()
-            assert result.route_errors == ()
+    async with programmed(out, entries):
         yield out
-    finally:
-        for kt in out.values():
-            await kt.close()
 
 
 def pod_name(addr: str) -> str:

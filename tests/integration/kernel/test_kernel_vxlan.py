@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from xpunet.datapath.kernel.target import KernelTarget
-from xpunet.datapath.kernel.testbed import Topology, in_ns
+from xpunet.datapath.kernel.testbed import Topology, in_ns, programmed
 from xpunet.datapath.kernel.vxlan import LINK_ALIAS, vtep_mac
 from xpunet.ir.policy import PolicyEndpoint
 from xpunet.ir.routes import NodeRoute
@@ -106,15 +106,8 @@ async def targets(nodes: Nodes) -> AsyncIterator[dict[str, KernelTarget]]:
         )
         for node, t in nodes.topos.items()
     }
-    try:
-        for node, kt in out.items():
-            result = await kt.apply(diff((), entries(node)))
-            assert result.problems == ()
-            assert result.route_errors == ()
+    async with programmed(out, entries):
         yield out
-    finally:
-        for kt in out.values():
-            await kt.close()
 
 
 def link(topo: Topology) -> dict[str, Any]:

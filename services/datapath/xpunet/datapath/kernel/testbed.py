@@ -16,7 +16,16 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from xpunet.pipeline.diff import diff
+
+if TYPE_CHECKING:
+    from xpunet.datapath.kernel.target import KernelTarget
+    from xpunet.pipeline.entries import TableEntry
 
 GATEWAY4 = "169.254.1.1"
 GATEWAY6 = "fd00:ffff::1"
@@ -196,3 +205,24 @@ class Topology:
         while left and time.monotonic() < deadline:
             left = [ns for ns in left if os.path.exists(f"/run/netns/{ns}")]
             time.sleep(0.05)
+
+
+@asynccontextmanager
+async def programmed(
+    targets: dict[str, KernelTarget], entries: Callable[[str], Iterable[TableEntry]]
+) -> AsyncIterator[dict[str, KernelTarget]]:
+    """Each node's target programmed from empty with ``entries(node)`` for the block, closed after it.
+
+    Raises RuntimeError naming the node when an apply reports problems or route errors.
+    """
+    try:
+        for node, kt in targets.items():
+            result = await kt.apply(diff((), tuple(entries(node))))
+            if result.problems or result.route_errors:
+                raise RuntimeError(
+                    f"node {node} not programmed cleanly: {result.problems} {result.route_errors}"
+                )
+        yield targets
+    finally:
+        for kt in targets.values():
+            await kt.close()
