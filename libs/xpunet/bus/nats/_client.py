@@ -16,8 +16,9 @@ Here:
   the handler asks (``parse_headers``), no ``Msg``, no queue, no task.  The
   subscription is otherwise an ordinary nats-py one (re-subscribed after a
   reconnect, drained, unsubscribed), so messages keep their order.
-* ``send_prepared`` queues PUB commands the caller encoded itself (subjects
-  made of validated parts, headers encoded once per batch).
+* ``send_prepared`` writes PUB commands the caller encoded itself (subjects
+  made of validated parts, headers encoded once per batch) straight to the
+  socket when connected, instead of through nats-py's flusher task.
 
 It also closes what nats-py leaves open: the stream of a reconnect attempt
 whose handshake failed, and an attempt that outlived ``close()`` (see
@@ -25,7 +26,8 @@ whose handshake failed, and an attempt that outlived ``close()`` (see
 
 This leans on nats-py internals that have been stable since 2.0 (``_ps``,
 ``_process_msg``, ``_subs``, ``_remove_sub``, ``_send_command``,
-``_flush_pending``, ``_connect_to_server``, ``_close``, ``_transport``);
+``_flush_pending``, ``_pending``, ``_pending_data_size``, ``_process_op_err``,
+``_error_cb``, ``_connect_to_server``, ``_close``, ``_transport``);
 requirements.lock pins the version, and every bus integration test runs
 through this path.
 """
@@ -302,7 +304,7 @@ class LeanClient(Client):
         self._direct.pop(sid, None)
 
     async def send_prepared(self, commands: list[bytes], *, messages: int, payload_bytes: int) -> None:
-        """Queue encoded ``PUB``/``HPUB`` commands and kick the flusher, with ``publish``'s checks.
+        """Send encoded ``PUB``/``HPUB`` commands, with ``publish``'s checks (queued while disconnected).
 
         The caller built the subjects from validated parts and checked each
         payload against ``max_payload``.
@@ -318,6 +320,25 @@ class LeanClient(Client):
             raise nats.errors.OutboundBufferLimitError
         self.stats["out_msgs"] += messages
         self.stats["out_bytes"] += payload_bytes
+        transport = self._transport
+        if self.is_connected and transport is not None and not transport.at_eof():
+            # Straight to the socket, behind whatever publishes are still pending (so the order
+            # on the wire is the order of the calls): handing the write to nats-py's flusher task
+            # would cost the caller's next await a loop iteration before anything is sent.  The
+            # flusher never awaits between taking the pending list and clearing it, so nothing
+            # is written twice or out of order.  A failed write is handled as the flusher handles
+            # it (the connection's error path; the lost publishes' acks never come).
+            pending = self._pending
+            pending.append(data)
+            self._pending = []
+            self._pending_data_size = 0
+            try:
+                transport.writelines(pending)
+                await transport.drain()  # type: ignore[no-untyped-call]  # backpressure, as the flusher does
+            except OSError as exc:
+                await self._error_cb(exc)
+                await self._process_op_err(exc)
+            return
         await self._send_command(data)
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
