@@ -188,7 +188,7 @@ async def measure(pods: int, changes: int, gap: float) -> dict[str, Any]:
             random.Random(3).shuffle(movers)
             current = {(p.namespace, p.name): p for p in movers}
 
-            async def put_change(i: int, headers: dict[str, str]) -> None:
+            def change(i: int) -> tuple[str, bytes]:
                 pod = movers[i % len(movers)]
                 label = (
                     pod.labels["app"] if current[pod.namespace, pod.name].labels["app"] == "app0" else "app0"
@@ -196,13 +196,13 @@ async def measure(pods: int, changes: int, gap: float) -> dict[str, Any]:
                 moved = current[pod.namespace, pod.name] = replace(
                     pod, labels=Labels({**pod.labels, "app": label})
                 )
-                await k8s.put(f"pod.{pod.namespace}.{pod.name}", encode_object(moved), headers=headers)
+                return f"pod.{pod.namespace}.{pod.name}", encode_object(moved)
 
-            await lone_changes(service, watch, put_change, count=50, warmup=50, gap=gap)
+            await lone_changes(service, watch, k8s, change, count=50, warmup=50, gap=gap)
             instrument()
             SPENT.clear()
             CALLS.clear()
-            run = await lone_changes(service, watch, put_change, count=changes, warmup=0, gap=gap, seed=9)
+            run = await lone_changes(service, watch, k8s, change, count=changes, warmup=0, gap=gap, seed=9)
             await watch.aclose()
             stopping.set()
             await task

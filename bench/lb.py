@@ -229,13 +229,12 @@ async def end_to_end(
         watch = intents.watch("global.lb.svc.bench.")
         await until_in_sync(watch)
 
-        async def put_change(step: int, headers: dict[str, str]) -> None:
+        def change(step: int) -> tuple[str, bytes]:
             s = step % min(services, 1000)
-            slice_key = f"endpointslice.bench.svc-{s}-1"
-            await k8s.put(slice_key, encode_object(changed_slice(s, step)), headers=headers)
+            return f"endpointslice.bench.svc-{s}-1", encode_object(changed_slice(s, step))
 
         run = await lone_changes(
-            service, watch, put_change, count=changes, warmup=warmup, gap=gap, server_pid=server_pid
+            service, watch, k8s, change, count=changes, warmup=warmup, gap=gap, server_pid=server_pid
         )
         await watch.aclose()
         stopping.set()

@@ -340,7 +340,7 @@ async def through_nats(
         await until_in_sync(watch)
         current = {(p.namespace, p.name): p for p in movers}
 
-        async def put_change(i: int, headers: dict[str, str]) -> None:
+        def change(i: int) -> tuple[str, bytes]:
             # Each mover joins the app0 set, and leaves it again on its next turn: every change writes.
             pod = movers[i % len(movers)]
             now = current[pod.namespace, pod.name]
@@ -348,10 +348,10 @@ async def through_nats(
             moved = current[pod.namespace, pod.name] = replace(
                 pod, labels=Labels({**pod.labels, "app": label})
             )
-            await k8s.put(f"pod.{pod.namespace}.{pod.name}", encode_object(moved), headers=headers)
+            return f"pod.{pod.namespace}.{pod.name}", encode_object(moved)
 
         run = await lone_changes(
-            service, watch, put_change, count=changes, warmup=warmup, gap=gap, server_pid=server_pid
+            service, watch, k8s, change, count=changes, warmup=warmup, gap=gap, server_pid=server_pid
         )
         await watch.aclose()
         stopping.set()

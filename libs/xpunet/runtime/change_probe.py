@@ -1,8 +1,11 @@
 """Lone changes through a compiler service, timed and taken apart (bench/policy.py and bench/lb.py use it).
 
 A sample is one isolated change: a quiet gap (longer than the service's flush
-interval, jittered so samples do not beat against periodic work), one
-``xpunet-k8s`` put stamped with ``xpunet-written-at``, and the clock stops when
+interval, jittered so samples do not beat against periodic work), then one
+``xpunet-k8s`` write stamped with ``xpunet-written-at``, made as the watcher
+makes its writes (``put_many``; the value is encoded before the clock starts,
+as the watcher's own encode is part of its event→KV lag, not of the
+compiler's latency), and the clock stops when
 an ``xpunet-intent`` write carrying that stamp arrives on the benchmark's watch
 (the shared compiler loop stamps its writes with the earliest change's
 written-at).  The first ``warmup`` samples are dropped.
@@ -28,11 +31,11 @@ import resource
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from xpunet.bus.api import InSync, KVEntry
+from xpunet.bus.api import InSync, KVEntry, StateStore
 from xpunet.bus.tracing import WRITTEN_AT_HEADER
 from xpunet.runtime.compiler_service import CompilerService, FlushTiming
 
@@ -140,7 +143,8 @@ async def until_in_sync(watch: AsyncIterator[KVEntry | InSync]) -> None:
 async def lone_changes(
     service: CompilerService,
     watch: AsyncIterator[KVEntry | InSync],
-    put_change: Callable[[int, dict[str, str]], Awaitable[None]],
+    k8s: StateStore,
+    change: Callable[[int], tuple[str, bytes]],
     *,
     count: int,
     warmup: int,
@@ -148,7 +152,7 @@ async def lone_changes(
     server_pid: int | None = None,
     seed: int = 5,
 ) -> ProbeRun:
-    """``warmup + count`` isolated changes (``put_change(i, headers)`` writes change i).
+    """``warmup + count`` isolated changes (``change(i)``: the key and encoded value of change i).
 
     Returns the last ``count`` samples and every GC pause after the warm-up (gaps included).
     ``server_pid``: the nats-server, whose CPU and run-queue time per sample are recorded too.
@@ -168,6 +172,7 @@ async def lone_changes(
     samples: list[Sample] = []
     try:
         for i in range(warmup + count):
+            key, value = change(i)
             await asyncio.sleep(gap * rnd.uniform(1.0, 1.5))
             stamp = f"{time.time():.6f}"
             timings.clear()
@@ -177,7 +182,7 @@ async def lone_changes(
             _, waited0 = _schedstat(me)
             cpu = time.process_time()
             put = time.perf_counter()
-            await put_change(i, {WRITTEN_AT_HEADER: stamp})
+            await k8s.put_many({key: value}, headers={WRITTEN_AT_HEADER: stamp})
             async with asyncio.timeout(10):
                 async for item in watch:
                     if isinstance(item, KVEntry) and item.headers.get(WRITTEN_AT_HEADER) == stamp:
