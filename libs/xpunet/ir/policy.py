@@ -5,19 +5,26 @@ Two kinds of values live in the ``xpunet-intent`` bucket under a node's prefix:
 * ``node.<node>.policy.ep.<namespace>.<pod>`` → :class:`PolicyEndpoint`, one per
   *local endpoint*: a pod scheduled on ``<node>``, not ``hostNetwork``, not in a
   terminal phase (``Succeeded``/``Failed``), with at least one IP.
-* ``node.<node>.policy.ipset.<id>`` → :class:`IPSet`, the members of an IP set
-  that at least one endpoint on ``<node>`` references, while endpoints on
-  fewer than the compiler's global threshold of nodes (default 16) reference
-  it.  Such a *narrow* set reaches only the nodes that need it.
-* ``global.policy.ipset.<id>`` → :class:`IPSet`, a *wide* set: referenced from
-  at least that many nodes, it is written once for every node instead of once
-  per node (a membership change is one key write whatever the cluster size;
-  every datapath receives it, including those that do not reference it).
+* ``node.<node>.policy.ipset.<id>.<shard>`` → :class:`IPSet`, one shard of
+  the members of an IP set that at least one endpoint on ``<node>``
+  references, while endpoints on fewer than the compiler's global threshold of
+  nodes (default 16) reference it.  Such a *narrow* set reaches only the nodes
+  that need it.
+* ``global.policy.ipset.<id>.<shard>`` → :class:`IPSet`, a shard of a *wide*
+  set: referenced from at least that many nodes, it is written once for every
+  node instead of once per node (a membership change is one key write
+  whatever the cluster size; every datapath receives it, including those that
+  do not reference it).
 
-A set is in exactly one of the two places once a flush is written (which one
-depends only on the current objects).  When it moves, the new keys are written
-before the old ones are deleted; a datapath holding both uses the node key.
-Every key holding set ``<id>`` holds the same members.
+A set's members are split into ``shards`` (a power of two that grows with the
+member count: about 32-64 members per shard) by a hash of each CIDR, so a
+member joining or leaving rewrites one small value, not the whole set, and no
+value outgrows the bus's message limit.  **The set is the union of every
+shard value with its id that a datapath holds**, under its node prefix and
+under ``global.`` alike.  The compiler orders its writes so that this union
+only ever holds members of the set before or after a flush: when a set moves
+between places or is re-partitioned, keys gaining members are written before
+keys losing them, and surplus keys are deleted last.
 
 Semantics the datapath must implement (``xpunet.policy.reference`` is the
 executable definition; ``evaluate_intents`` there evaluates these values):
@@ -53,13 +60,14 @@ docs/intents.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from xpunet.ir.keys import node_prefix as _node_prefix
 from xpunet.model.objects import Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: IPSet.shard/shards, keys ipset.<id>.<shard> (a set is the union of its shards)
 
 POLICY_EP_SCHEMA = "intent.policy.ep"
 POLICY_IPSET_SCHEMA = "intent.policy.ipset"
@@ -79,13 +87,14 @@ def endpoint_key(node: str, namespace: str, pod: str) -> str:
     return _node_prefix(node) + f"policy.ep.{namespace}.{pod}"
 
 
-def ipset_key(node: str, set_id: str) -> str:
-    return _node_prefix(node) + f"policy.ipset.{set_id}"
+def ipset_key(node: str, set_id: str, shard: int = 0) -> str:
+    """Where shard ``shard`` of a set referenced from few nodes lives, per node."""
+    return _node_prefix(node) + f"policy.ipset.{set_id}.{shard}"
 
 
-def global_ipset_key(set_id: str) -> str:
-    """Where a set referenced from many nodes lives (every datapath watches ``global.``)."""
-    return GLOBAL_IPSET_PREFIX + set_id
+def global_ipset_key(set_id: str, shard: int = 0) -> str:
+    """Where shard ``shard`` of a set referenced from many nodes lives (every datapath reads ``global.``)."""
+    return f"{GLOBAL_IPSET_PREFIX}{set_id}.{shard}"
 
 
 def rejection_key(namespace: str, policy: str) -> str:
@@ -157,13 +166,24 @@ class PolicyEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class IPSet:
-    """Members of set ``id``: CIDR strings, IPv4 before IPv6, sorted within a family."""
+    """Shard ``shard`` of ``shards`` of set ``id``: CIDR strings, IPv4 before IPv6, sorted within a family.
+
+    The set is the union of its shards' members (see the module docstring).
+    """
 
     id: str
     members: tuple[str, ...] = ()
+    shard: int = 0
+    shards: int = 1
 
 
 PolicyIntent = PolicyEndpoint | IPSet
+
+
+def union_of_shards(set_id: str, shards: Iterable[IPSet]) -> IPSet:
+    """Set ``set_id`` as a reader holding these shard values sees it: their members' union (in order)."""
+    members = dict.fromkeys(member for value in shards for member in value.members)
+    return IPSet(set_id, tuple(members))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from xpunet.ir.keys import node_prefix
 from xpunet.ir.lb import ConntrackTimeouts, LbNodeAddresses, LbNodeOverride, LbServicePort
-from xpunet.ir.policy import IPSet, PolicyEndpoint
+from xpunet.ir.policy import IPSet, PolicyEndpoint, union_of_shards
 from xpunet.ir.routes import NodeRoute
 from xpunet.pipeline.alloc import StableIds
 from xpunet.pipeline.entries import EntryKey, Lpm, TableEntry
@@ -392,7 +392,7 @@ class NodeLowering:
         self._ep_refs: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # programmed endpoint's sets
         self._ep_groups: dict[str, tuple[GroupKey, GroupKey]] = {}
         self._eps_by_ref: dict[str, set[str]] = {}
-        self._sets: dict[str, dict[str, IPSet]] = {}  # set id → key → value (the last key wins)
+        self._sets: dict[str, dict[str, IPSet]] = {}  # set id → key → value (the set: their union)
         self._svc_group: dict[str, GroupKey] = {}
         self._svcs_by_id: dict[int, set[str]] = {}
         self._overrides: dict[int, dict[str, LbNodeOverride]] = {}  # the last key wins
@@ -577,8 +577,13 @@ class NodeLowering:
                 cls.include(set_id, now)
 
     def _effective_set(self, set_id: str) -> IPSet | None:
+        """The union of the set's shards this node holds (keys in order: deterministic)."""
         held = self._sets.get(set_id)
-        return held[max(held)] if held else None
+        if not held:
+            return None
+        if len(held) == 1:
+            return next(iter(held.values()))
+        return union_of_shards(set_id, (held[key] for key in sorted(held)))
 
     def _flush_endpoints(self, bit_changes: tuple[set[str], set[str]]) -> None:
         bits = (self._bits[0].assigned, self._bits[1].assigned)

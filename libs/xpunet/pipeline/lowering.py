@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from xpunet.ir.keys import node_prefix
 from xpunet.ir.lb import ConntrackTimeouts, LbNodeAddresses, LbNodeOverride, LbServicePort
-from xpunet.ir.policy import IPSet, PolicyEndpoint
+from xpunet.ir.policy import IPSet, PolicyEndpoint, union_of_shards
 from xpunet.ir.routes import NodeRoute
 from xpunet.pipeline.entries import EntryKey, TableEntry
 from xpunet.pipeline.groups import (
@@ -226,7 +226,13 @@ def lower(
     for _, ep, _ in programmed:
         referenced[0] |= referenced_sets(ep, "ingress")
         referenced[1] |= referenced_sets(ep, "egress")
-    sets = {s.id: s for s in intents.ip_sets}
+    shards: dict[str, list[IPSet]] = {}
+    for s in intents.ip_sets:
+        shards.setdefault(s.id, []).append(s)
+    sets = {  # a set is the union of its shards
+        set_id: held[0] if len(held) == 1 else union_of_shards(set_id, sorted(held, key=lambda v: v.shard))
+        for set_id, held in shards.items()
+    }
     for set_id in sorted(referenced[0] | referenced[1] | sets.keys()):
         g = GroupOut(schema)
         g.problems += set_problems(set_id, sets.get(set_id), set_id in referenced[0] | referenced[1])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpunet.policy.members import CidrEntry, CidrList, cidr_entry, host_entry
+from xpunet.policy.members import SHARD_TARGET, CidrEntry, CidrList, cidr_entry, host_entry, shard_count
 from xpunet.policy.selectors import sort_cidrs
 
 POOL: tuple[CidrEntry, ...] = (
@@ -70,3 +72,45 @@ def test_a_bulk_change_between_reads_matches_single_changes() -> None:
     for entry in POOL[:3]:
         members.remove(entry)
     assert members.members() == sort_cidrs({e[3] for e in POOL[3:200]})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, len(POOL) - 1), max_size=200), operations)
+def test_shards_partition_the_members_by_hash_and_only_changed_shards_are_new(
+    initial: list[int], ops: list[object]
+) -> None:
+    members = CidrList(POOL[i] for i in initial)
+    counts: dict[int, int] = {}
+    for i in initial:
+        counts[i] = counts.get(i, 0) + 1
+    previous = members.shards()
+    for op in [*ops, None]:
+        if op is None:
+            support = sort_cidrs({POOL[i][3] for i, n in counts.items() if n})
+            shards = members.shards()
+            count = shard_count(len(support))
+            assert len(shards) == count
+            for k, shard in enumerate(shards):
+                assert shard == tuple(c for c in support if zlib.crc32(c.encode()) % count == k)
+                if len(previous) == count and shard == previous[k]:
+                    assert shard is previous[k]  # unchanged: the same tuple (writers compare by identity)
+            previous = shards
+            continue
+        assert isinstance(op, tuple)
+        adding, i = op
+        if adding:
+            counts[i] = counts.get(i, 0) + 1
+            members.add(POOL[i])
+        elif counts.get(i):
+            counts[i] -= 1
+            members.remove(POOL[i])
+
+
+def test_shard_count_doubles_past_each_multiple_of_the_target() -> None:
+    assert [shard_count(n) for n in (0, 1, SHARD_TARGET, SHARD_TARGET + 1, 4 * SHARD_TARGET + 1)] == [
+        1,
+        1,
+        1,
+        2,
+        8,
+    ]

@@ -195,3 +195,115 @@ def test_every_placement_lowers_to_the_same_datapath_entries() -> None:
     for node, results in lowered.items():
         assert results[0], node
         assert all(r == results[0] for r in results), node
+
+
+# --- shards: a set is published as shards of ~32-64 members (xpunet.policy.members) -------------
+
+
+def crowd(policy: NetworkPolicy, clients: int, servers: int, *, global_set_nodes: int = 16) -> PolicyCompiler:
+    """``clients`` web pods (the set's members) on n0, ``servers`` db pods using the set on n1..."""
+    compiler = PolicyCompiler(global_set_nodes=global_set_nodes)
+    compiler.upsert_policy(policy)
+    for i in range(clients):
+        compiler.upsert_pod(client(f"web{i}", f"10.1.{i // 250}.{i % 250 + 1}"))
+    for i in range(servers):
+        compiler.upsert_pod(server(f"db{i}", f"10.0.1.{i + 1}", f"n{i + 1}"))
+    compiler.flush()
+    return compiler
+
+
+def shard_values(intents: object, prefix: str) -> dict[int, IPSet]:
+    assert isinstance(intents, dict)
+    return {v.shard: v for k, v in intents.items() if k.startswith(prefix) and isinstance(v, IPSet)}
+
+
+@pytest.mark.parametrize(("members", "shards"), [(1, 1), (64, 1), (65, 2), (128, 2), (129, 4), (1000, 16)])
+def test_a_set_is_split_into_power_of_two_shards_by_member_hash(members: int, shards: int) -> None:
+    compiler = crowd(FROM_WEB, members, 1)
+    sid = the_set_id(compiler)
+    held = shard_values(compiler.intents, f"node.n1.policy.ipset.{sid}.")
+    assert sorted(held) == list(range(shards))
+    assert all(v.shards == shards for v in held.values())
+    union = [m for v in held.values() for m in v.members]
+    assert len(union) == len(set(union)) == members  # a partition: every member in exactly one shard
+    assert max(len(v.members) for v in held.values()) <= 2 * 64  # hashing spreads them
+
+
+@pytest.mark.parametrize("servers", [pytest.param(3, id="narrow"), pytest.param(20, id="wide")])
+def test_one_member_change_in_a_big_set_writes_one_small_key_per_holder(servers: int) -> None:
+    compiler = crowd(FROM_WEB, 2000, servers)
+    sid = the_set_id(compiler)
+    compiler.upsert_pod(client("web-new", "10.2.0.1"))
+    changed = compiler.flush()
+    keys = set_keys(changed)
+    holders = 1 if servers >= 16 else servers
+    assert len(keys) == holders
+    values = {changed[k] for k in keys}
+    assert len(values) == 1  # the same shard, rendered once, shared by every holder
+    (value,) = values
+    assert isinstance(value, IPSet)
+    assert value.id == sid
+    assert value.shards == 32
+    assert "10.2.0.1/32" in value.members
+    assert len(value.members) <= 2 * 64
+
+
+def test_repartitioning_writes_gaining_shards_first_and_deletes_surplus_last() -> None:
+    # 64 members: 1 shard.  A 65th: 2 shards.  The new shard 1 (members moving out of shard 0)
+    # is written before shard 0 loses them, so a reader's union never misses a member.
+    compiler = crowd(FROM_WEB, 64, 1)
+    sid = the_set_id(compiler)
+    before = shard_values(compiler.intents, "node.n1.")
+    assert list(before) == [0]
+    compiler.upsert_pod(client("web-65", "10.2.0.1"))
+    changed = compiler.flush()
+    assert set_keys(changed) == [ipset_key("n1", sid, 1), ipset_key("n1", sid, 0)]
+    after = shard_values(compiler.intents, "node.n1.")
+    assert {m for v in after.values() for m in v.members} == {*before[0].members, "10.2.0.1/32"}
+
+    # And back: shard 0 takes shard 1's members back before shard 1 is deleted (after the endpoints).
+    compiler.delete_pod("a", "web-65")
+    changed = compiler.flush()
+    assert set_keys(changed) == [ipset_key("n1", sid, 0), ipset_key("n1", sid, 1)]
+    assert changed[ipset_key("n1", sid, 1)] is None
+    assert shard_values(compiler.intents, "node.n1.") == {0: before[0]}
+
+
+def test_a_sharded_set_moving_between_node_and_global_keys_moves_every_shard() -> None:
+    compiler = crowd(FROM_WEB, 200, 3, global_set_nodes=3)
+    sid = the_set_id(compiler)
+    assert sorted(set_keys(compiler.intents)) == [global_ipset_key(sid, k) for k in range(4)]
+    compiler.delete_pod("a", "db2")
+    changed = compiler.flush()
+    assert sorted(k for k in set_keys(changed) if changed[k] is None) == [
+        global_ipset_key(sid, k) for k in range(4)
+    ]
+    assert sorted(set_keys(compiler.intents)) == sorted(
+        ipset_key(n, sid, k) for n in ("n1", "n2") for k in range(4)
+    )
+
+
+def test_sharded_sets_lower_like_whole_ones() -> None:
+    """A datapath unions the shards: the entries equal those of one big IPSet value."""
+    compiler = crowd(FROM_WEB, 300, 1)
+    intents = dict(compiler.intents)
+    shards = {k: v for k, v in intents.items() if isinstance(v, IPSet)}
+    assert len(shards) == 8
+    whole: dict[str, object] = {k: v for k, v in intents.items() if not isinstance(v, IPSet)}
+    sid = the_set_id(compiler)
+    whole[ipset_key("n1", sid)] = IPSet(sid, tuple(m for v in shards.values() for m in v.members))
+    ports = NodePorts(endpoints={"a/db0": 10}, host=1, uplinks=(2,))
+    results = []
+    for view in (intents, whole):
+        incremental = NodeLowering("n1", ports)
+        for key, value in view.items():
+            incremental.set_intent(key, value)
+        incremental.flush()
+        result = incremental.lowered()
+        assert not result.problems
+        assert result == lower(node_intents_from_kv("n1", view), ports, allocation=incremental.allocation())
+        results.append(result.entries)
+    assert results[0] == results[1]
+    allowed = {"dst_ip": "10.0.1.1", "port": 80, "protocol": "TCP"}
+    assert evaluate_intents(intents, src_ip="10.1.1.1", **allowed)  # type: ignore[arg-type]
+    assert not evaluate_intents(intents, src_ip="10.3.0.1", **allowed)  # type: ignore[arg-type]

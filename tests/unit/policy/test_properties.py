@@ -11,6 +11,7 @@ several flushes or with intermediate versions, must end in the same intents.
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import replace
 from typing import TypeVar
 
@@ -34,6 +35,7 @@ from xpunet.model.objects import (
     Protocol,
 )
 from xpunet.policy.compiler import PolicyCompiler
+from xpunet.policy.members import shard_count
 from xpunet.policy.reference import Cluster, evaluate_intents, is_allowed
 
 NAMESPACES = ("a", "b", "c")
@@ -248,19 +250,30 @@ def all_ips(cluster: Cluster) -> list[str]:
 
 
 def assert_placement(intents: dict[str, object], global_set_nodes: int) -> None:
-    """Each referenced set is in one place: globally iff endpoints on enough nodes reference it."""
+    """Each referenced set is in one place (globally iff endpoints on enough nodes reference it),
+    as all its shards, each holding the members that hash to it."""
     nodes_of: dict[str, set[str]] = {}
     for value in intents.values():
         if isinstance(value, PolicyEndpoint):
             for rule in (*value.ingress, *value.egress):
                 if rule.ipset is not None:
                     nodes_of.setdefault(rule.ipset, set()).add(value.node)
+    shards = {v.id: v.shards for v in intents.values() if isinstance(v, IPSet)}
+    sizes: dict[str, set[str]] = {}
+    for value in intents.values():
+        if isinstance(value, IPSet):
+            assert value.shards == shards[value.id]
+            assert all(zlib.crc32(m.encode()) % value.shards == value.shard for m in value.members)
+            sizes.setdefault(value.id, set()).update(value.members)
+    for set_id, members in sizes.items():
+        assert shards[set_id] == shard_count(len(members))
     expected: set[str] = set()
     for set_id, nodes in nodes_of.items():
+        count = shards.get(set_id, 1)
         if len(nodes) >= global_set_nodes:
-            expected.add(global_ipset_key(set_id))
+            expected.update(global_ipset_key(set_id, k) for k in range(count))
         else:
-            expected.update(ipset_key(node, set_id) for node in nodes)
+            expected.update(ipset_key(node, set_id, k) for node in nodes for k in range(count))
     held = {k for k, v in intents.items() if isinstance(v, IPSet)}
     assert held == expected
 

@@ -157,7 +157,9 @@ class PolicyCompiler:
         self._set_nodes: dict[str, dict[str, int]] = {}  # output set id -> node -> endpoint refs
         self._placed: dict[str, set[str]] = {}  # output set id -> nodes holding its node key
         self._global_sets: set[str] = set()  # output set ids published under global.
-        self._set_values: dict[str, IPSet] = {}  # output set id -> its members as last rendered
+        self._set_values: dict[str, tuple[IPSet, ...]] = {}  # output set id -> its shards as last rendered
+        self._stale_values: set[str] = set()  # output set ids whose members changed since rendered
+        self._set_shards: dict[str, int] = {}  # output set id -> shards its keys were written with
         self._emitted: dict[str, PolicyIntent] = {}
 
     # --- input --------------------------------------------------------------
@@ -271,40 +273,94 @@ class PolicyCompiler:
         for out_id in members_changed | node_events.keys():
             nodes = self._set_nodes.get(out_id) or {}
             changed = out_id in members_changed
+            written = self._set_shards.pop(out_id, 0)  # shards each current place holds
             if changed:
-                self._set_values.pop(out_id, None)
+                self._stale_values.add(out_id)
             placed = self._placed.pop(out_id, set())
             was_global = out_id in self._global_sets
+            shards = 0  # shards each place holds after this flush
             if len(nodes) >= self._global_set_nodes:
                 if changed or not was_global:
                     self._global_sets.add(out_id)
-                    self._emit(global_ipset_key(out_id), self._set_value(out_id), writes)
+                    shards = self._emit_set(out_id, None, written if was_global else 0, writes, deletes)
+                else:
+                    shards = written
                 for node in placed:
-                    self._drop(ipset_key(node, out_id), deletes)
+                    self._drop_set(out_id, node, written, deletes)
+                self._set_shards[out_id] = shards
                 continue
             if was_global:
                 self._global_sets.discard(out_id)
-                self._drop(global_ipset_key(out_id), deletes)
+                self._drop_set(out_id, None, written, deletes)
             # Only the nodes that came or went, unless every copy needs the new members.
             targets = nodes.keys() | placed if changed or was_global else node_events[out_id]
+            shards = written if placed and not (changed or was_global) else 0
             for node in targets:
                 if node in nodes:
-                    self._emit(ipset_key(node, out_id), self._set_value(out_id), writes)
+                    shards = self._emit_set(out_id, node, written if node in placed else 0, writes, deletes)
                     placed.add(node)
                 else:
-                    self._drop(ipset_key(node, out_id), deletes)
+                    self._drop_set(out_id, node, written, deletes)
                     placed.discard(node)
             if placed:
                 self._placed[out_id] = placed
+                self._set_shards[out_id] = shards
         return writes, deletes
 
-    def _set_value(self, out_id: str) -> IPSet:
-        """The set's members, rendered once per membership change and shared by every key holding it."""
-        value = self._set_values.get(out_id)
-        if value is None:
+    def _emit_set(
+        self,
+        out_id: str,
+        node: str | None,
+        written: int,
+        writes: dict[str, PolicyIntent | None],
+        deletes: dict[str, PolicyIntent | None],
+    ) -> int:
+        """Write the set's shards under ``node`` (None: global.), which held ``written`` shards.
+
+        Highest shard first, surplus shards deleted after every write: a member
+        moving to another shard when the set is re-partitioned is in its new
+        shard before it leaves its old one (a reader's union never lacks it).
+        Returns the set's shard count.
+        """
+        values = self._set_value(out_id)
+        for shard in range(len(values) - 1, -1, -1):
+            key = global_ipset_key(out_id, shard) if node is None else ipset_key(node, out_id, shard)
+            self._emit(key, values[shard], writes)
+        for shard in range(len(values), written):
+            self._drop(
+                global_ipset_key(out_id, shard) if node is None else ipset_key(node, out_id, shard), deletes
+            )
+        return len(values)
+
+    def _drop_set(
+        self, out_id: str, node: str | None, written: int, deletes: dict[str, PolicyIntent | None]
+    ) -> None:
+        """Delete the ``written`` shards of the set under ``node`` (None: global.)."""
+        for shard in range(written):
+            self._drop(
+                global_ipset_key(out_id, shard) if node is None else ipset_key(node, out_id, shard), deletes
+            )
+
+    def _set_value(self, out_id: str) -> tuple[IPSet, ...]:
+        """The set's shards, rendered once per membership change and shared by every place holding it.
+
+        A shard whose members did not change keeps its value object, so writing
+        it again is an identity check, not a comparison of its members.
+        """
+        values = self._set_values.get(out_id)
+        if values is None or out_id in self._stale_values:
+            self._stale_values.discard(out_id)
             sid, number = self._out_sets[out_id]
-            value = self._set_values[out_id] = IPSet(out_id, self._index.sets[sid].output_members(number))
-        return value
+            shards = self._index.sets[sid].output(number).shards()
+            before = values or ()
+            count = len(shards)
+            values = self._set_values[out_id] = tuple(
+                before[i]
+                if len(before) == count and before[i].members is members
+                else IPSet(out_id, members, i, count)
+                for i, members in enumerate(shards)
+            )
+        return values
 
     def _pod(self, key: PodKey) -> Pod | None:
         in_ns = self._pods.get(key[0])
@@ -461,6 +517,7 @@ class PolicyCompiler:
                 continue
             sid = entry[0]
             self._set_values.pop(out_id, None)
+            self._stale_values.discard(out_id)
             outs = self._set_outs.get(sid)
             if outs is not None:
                 outs.discard(out_id)

@@ -106,12 +106,12 @@ class SetState:
     def numbers(self) -> tuple[int, ...]:
         return tuple(sorted(self.by_number))
 
-    def output_members(self, number: int | None) -> tuple[str, ...]:
-        """The CIDRs of output ``number``, sorted (``xpunet.policy.selectors.sort_cidrs`` order)."""
+    def output(self, number: int | None) -> CidrList:
+        """The CIDRs of output ``number`` (read as sorted shards), kept current from now on."""
         out = self.outputs.get(number)
         if out is None:
             out = self.outputs[number] = CidrList(self._entries(number))
-        return out.members()
+        return out
 
     def _entries(self, number: int | None) -> Iterator[CidrEntry]:
         if number is None:

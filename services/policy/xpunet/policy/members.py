@@ -1,49 +1,83 @@
-"""A set's member CIDRs kept sorted under single adds and removes.  Pure.
+"""A set's member CIDRs, kept sorted and split into shards under single adds and removes.  Pure.
 
 An IP set value lists its CIDRs IPv4 first, numerically within a family
-(``xpunet.policy.selectors.sort_cidrs``).  Re-rendering that list from the
-set's members costs O(members) address parses and a sort on every change, and
-set sizes grow with the cluster; a pod joining or leaving a set should cost
-about the same at 50,000 pods as at 5,000.  ``CidrList`` keeps the list
-sorted and applies the changes since the last read with a binary search each
-(a bulk change re-sorts instead).  Members are reference counted: the same
-CIDR may come from an ipBlock and from a pod, or from two pods sharing an IP.
+(``xpunet.policy.selectors.sort_cidrs``).  Set sizes grow with the cluster (a
+peer of every pod in every namespace holds every pod IP), and a pod joining or
+leaving a set should cost about the same at 50,000 pods as at 5,000: not a
+re-render of the whole list, and not a rewrite of one value that grows with
+the set (nor a value past the bus's message size limit).  So a set is
+published as *shards* (``xpunet.ir.policy.IPSet``: shard ``k`` of ``n``), and
+``CidrList`` keeps each shard's list sorted, applying the changes since the
+last read with a binary search each in the shard they hash to (a bulk change
+re-sorts instead), and tells which shards changed.
+
+* A member's shard is the CRC-32 of its CIDR text modulo the shard count:
+  stable across processes and machines.
+* The shard count is a power of two that follows the member count alone
+  (:func:`shard_count`: about ``SHARD_TARGET`` members per shard at most,
+  half that on average), so the output is a function of the current members,
+  whatever order the changes came in.  Crossing a power of two re-partitions
+  the whole set once (every shard changes).
+
+Members are reference counted: the same CIDR may come from an ipBlock and from
+a pod, or from two pods sharing an IP.
 """
 
 from __future__ import annotations
 
 import bisect
 import ipaddress
+import zlib
 from collections.abc import Iterable
 from functools import lru_cache
 
-# (family, network address as int, prefix length, CIDR text): sorts as sort_cidrs does.
-CidrEntry = tuple[int, int, int, str]
+# (family, network address as int, prefix length, CIDR text, CRC-32 of the text): sorts as
+# sort_cidrs does (the text is unique for its first three fields, so the hash never decides).
+CidrEntry = tuple[int, int, int, str, int]
+
+SHARD_TARGET = 64  # members per shard before the shard count doubles
+
+
+def shard_count(members: int) -> int:
+    """Shards of a set of ``members`` CIDRs: the least power of two holding at most SHARD_TARGET each."""
+    count = 1
+    while count * SHARD_TARGET < members:
+        count *= 2
+    return count
+
+
+def _entry(version: int, address: int, prefix: int, text: str) -> CidrEntry:
+    return (version, address, prefix, text, zlib.crc32(text.encode()))
 
 
 @lru_cache(maxsize=1 << 18)
 def host_entry(ip: str) -> CidrEntry:
     """The entry of a pod IP as a host route (/32 or /128); cached, so sets share the tuples."""
     addr = ipaddress.ip_address(ip)
-    return (addr.version, int(addr), addr.max_prefixlen, f"{addr}/{addr.max_prefixlen}")
+    return _entry(addr.version, int(addr), addr.max_prefixlen, f"{addr}/{addr.max_prefixlen}")
 
 
 def cidr_entry(cidr: str) -> CidrEntry:
     net = ipaddress.ip_network(cidr, strict=False)
-    return (net.version, int(net.network_address), net.prefixlen, str(net))
+    return _entry(net.version, int(net.network_address), net.prefixlen, str(net))
 
 
 class CidrList:
-    """Reference-counted CIDRs; ``members()`` returns them sorted (one tuple, shared until a change)."""
+    """Reference-counted CIDRs, read as sorted shards (``shards()``) or as one sorted tuple (``members()``).
 
-    __slots__ = ("_added", "_cidrs", "_entries", "_members", "_refs", "_removed")
+    Each shard's tuple is shared until that shard changes, so a reader can
+    tell unchanged shards by identity.
+    """
+
+    __slots__ = ("_added", "_count", "_members", "_refs", "_removed", "_shards", "_texts")
 
     def __init__(self, entries: Iterable[CidrEntry] = ()) -> None:
         self._refs: dict[CidrEntry, int] = {}
         for entry in entries:
             self._refs[entry] = self._refs.get(entry, 0) + 1
-        self._entries: list[CidrEntry] = sorted(self._refs)
-        self._cidrs: list[str] = [e[3] for e in self._entries]
+        self._count = 0  # shards the lists below are split into (0: not built yet)
+        self._shards: list[list[CidrEntry]] = []
+        self._texts: list[tuple[str, ...] | None] = []  # per shard, None: to render
         self._added: set[CidrEntry] = set()
         self._removed: set[CidrEntry] = set()
         self._members: tuple[str, ...] | None = None
@@ -73,29 +107,49 @@ class CidrList:
             self._removed.add(entry)
         self._members = None
 
+    def shards(self) -> tuple[tuple[str, ...], ...]:
+        """Every shard's CIDRs, sorted; ``shard_count(len(self))`` of them (one, maybe empty, at least)."""
+        self._apply()
+        texts = self._texts
+        for i, rendered in enumerate(texts):
+            if rendered is None:
+                texts[i] = tuple(e[3] for e in self._shards[i])
+        return tuple(t for t in texts if t is not None)
+
     def members(self) -> tuple[str, ...]:
+        """All CIDRs in one sorted tuple (the union of the shards)."""
         if self._members is None:
             self._apply()
-            self._members = tuple(self._cidrs)
+            self._members = tuple(e[3] for e in sorted(e for shard in self._shards for e in shard))
         return self._members
 
     def _apply(self) -> None:
+        count = shard_count(len(self._refs))
         pending = len(self._added) + len(self._removed)
-        if not pending:
-            return
-        if pending > 32 and pending * 8 > len(self._entries):
-            # Many changes at once (a cold start, a namespace relabel): one sort beats many inserts.
-            self._entries = sorted(self._refs)
-            self._cidrs = [e[3] for e in self._entries]
-        else:
-            entries, cidrs = self._entries, self._cidrs
+        if count != self._count or (pending > 32 and pending * 8 > len(self._refs)):
+            # Re-partitioned, or many changes at once (a cold start, a namespace relabel):
+            # one sort beats many inserts.
+            shards: list[list[CidrEntry]] = [[] for _ in range(count)]
+            for entry in sorted(self._refs):
+                shards[entry[4] % count].append(entry)
+            if count == self._count:
+                for i, shard in enumerate(shards):
+                    if shard != self._shards[i]:
+                        self._texts[i] = None
+            else:
+                self._texts = [None] * count
+            self._shards = shards
+            self._count = count
+        elif pending:
+            shards = self._shards
+            texts = self._texts
             for entry in self._removed:
-                at = bisect.bisect_left(entries, entry)
-                del entries[at]
-                del cidrs[at]
+                shard = shards[entry[4] % count]
+                del shard[bisect.bisect_left(shard, entry)]
+                texts[entry[4] % count] = None
             for entry in self._added:
-                at = bisect.bisect_left(entries, entry)
-                entries.insert(at, entry)
-                cidrs.insert(at, entry[3])
+                shard = shards[entry[4] % count]
+                shard.insert(bisect.bisect_left(shard, entry), entry)
+                texts[entry[4] % count] = None
         self._added.clear()
         self._removed.clear()

@@ -24,8 +24,9 @@ xpunet's choices where the API leaves room (documented in docs/intents.md):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from xpunet.ir.policy import (
     IPSet,
@@ -224,14 +225,20 @@ def _intent_rule_matches(
         return False
     if rule.ipset is None:
         return True
-    # As a datapath reads them: its own node's copy wins over the global one.
-    ipset = intents.get(ipset_key(node, rule.ipset))
-    if not isinstance(ipset, IPSet):
-        ipset = intents.get(global_ipset_key(rule.ipset))
-    if not isinstance(ipset, IPSet):
-        # A reference to a set the node does not hold fails closed.
-        return False
-    return any(_in_cidr(peer_ip, m) for m in ipset.members)
+    # As a datapath reads them: the union of the set's shards under its node and under global.
+    # A reference to a set the node does not hold fails closed (no members).
+    return any(_in_cidr(peer_ip, m) for m in _held_members(intents, node, rule.ipset))
+
+
+def _held_members(intents: Mapping[str, object], node: str, set_id: str) -> Iterator[str]:
+    for key_of in (partial(ipset_key, node), global_ipset_key):
+        first = intents.get(key_of(set_id, 0))
+        if not isinstance(first, IPSet):
+            continue
+        for shard in range(first.shards):
+            value = intents.get(key_of(set_id, shard))
+            if isinstance(value, IPSet):
+                yield from value.members
 
 
 def _endpoint_with_ip(endpoints: Iterable[PolicyEndpoint], ip: str) -> PolicyEndpoint | None:
