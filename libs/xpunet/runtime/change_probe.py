@@ -227,6 +227,11 @@ def _pct(ordered: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 3)
 
 
+def _p50_max(values: list[float]) -> list[float]:
+    ordered = sorted(values)
+    return [_pct(ordered, 0.5), ordered[-1]] if ordered else []
+
+
 def summary(run: ProbeRun) -> dict[str, Any]:
     """p50/p99/max of the change → intent time, and where the slowest 1 % (at least 3) spent it."""
     samples = run.samples
@@ -256,6 +261,9 @@ def summary(run: ProbeRun) -> dict[str, Any]:
         "change_to_intent_ms_p50": _pct(ms, 0.5),
         "change_to_intent_ms_p99": _pct(ms, 0.99),
         "change_to_intent_ms_max": round(ms[-1], 3),
+        # What a change wrote (its flush's intent keys and encoded bytes): size-independent or not.
+        "intent_keys_per_change_p50_max": _p50_max([float(s.timing.keys) for s in samples if s.timing]),
+        "intent_bytes_per_change_p50_max": _p50_max([float(s.timing.bytes) for s in samples if s.timing]),
         "change_cpu_ms_p50": _pct(cpu, 0.5),
         "change_cpu_ms_p99": _pct(cpu, 0.99),
         # Every collection over the measured run, gaps included: what a busier stream would meet.

@@ -155,6 +155,8 @@ class FlushTiming:
     started: float  # the flush began (the pacing and the event loop decide the gap before)
     compiled: float  # the compiler returned its encoded changes
     written: float  # every put_many was acknowledged
+    keys: int = 0  # intent keys written (deletes included)
+    bytes: int = 0  # their encoded values' size
 
 
 class IncrementalCompiler(Protocol):
@@ -349,7 +351,10 @@ class CompilerService:
         written = time.perf_counter()
         self.flushes += 1
         if self.flush_observer is not None:
-            self.flush_observer(FlushTiming(first_change, started, compiled, written))
+            size = sum(len(v) for v in result.intents.values() if v is not None)
+            self.flush_observer(
+                FlushTiming(first_change, started, compiled, written, len(result.intents), size)
+            )
         deletes = sum(1 for v in result.intents.values() if v is None)
         if self.metrics:
             self.metrics.writes.add(len(result.intents) - deletes)
