@@ -446,7 +446,7 @@ def main(argv: list[str]) -> None:
             with_nats(sizes, args.global_set_nodes, args.nats_changes, freeze=not args.no_freeze), args.loop
         )
         result["nats"] = nats
-        result["change_to_intent_p50_p99_ms"] = headline(nats)
+        result["change_to_intent_ms"] = headline(nats)
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 
