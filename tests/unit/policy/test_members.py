@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,18 +26,16 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(0, len(POOL) - 1), max_size=80), operations)
-def test_members_are_the_sorted_support_of_the_multiset(initial: list[int], ops: list[object]) -> None:
+def replay(initial: list[int], ops: list[object], read: Callable[[CidrList, tuple[str, ...]], None]) -> None:
+    """Apply ``ops`` to a list made of ``initial``; at each read and at the end, ``read(list, want)``
+    (want: the sorted support of the multiset so far)."""
     counts: dict[int, int] = {}
     for i in initial:
         counts[i] = counts.get(i, 0) + 1
     members = CidrList(POOL[i] for i in initial)
     for op in [*ops, None]:
         if op is None:
-            want = sort_cidrs({POOL[i][3] for i, n in counts.items() if n})
-            assert members.members() == want
-            assert len(members) == len(want)
+            read(members, sort_cidrs({POOL[i][3] for i, n in counts.items() if n}))
             continue
         assert isinstance(op, tuple)
         adding, i = op
@@ -46,6 +45,16 @@ def test_members_are_the_sorted_support_of_the_multiset(initial: list[int], ops:
         elif counts.get(i):
             counts[i] -= 1
             members.remove(POOL[i])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, len(POOL) - 1), max_size=80), operations)
+def test_members_are_the_sorted_support_of_the_multiset(initial: list[int], ops: list[object]) -> None:
+    def read(members: CidrList, want: tuple[str, ...]) -> None:
+        assert members.members() == want
+        assert len(members) == len(want)
+
+    replay(initial, ops, read)
 
 
 def test_entries_sort_like_sort_cidrs_and_print_canonically() -> None:
@@ -79,31 +88,20 @@ def test_a_bulk_change_between_reads_matches_single_changes() -> None:
 def test_shards_partition_the_members_by_hash_and_only_changed_shards_are_new(
     initial: list[int], ops: list[object]
 ) -> None:
-    members = CidrList(POOL[i] for i in initial)
-    counts: dict[int, int] = {}
-    for i in initial:
-        counts[i] = counts.get(i, 0) + 1
-    previous = members.shards()
-    for op in [*ops, None]:
-        if op is None:
-            support = sort_cidrs({POOL[i][3] for i, n in counts.items() if n})
-            shards = members.shards()
-            count = shard_count(len(support))
-            assert len(shards) == count
-            for k, shard in enumerate(shards):
-                assert shard == tuple(c for c in support if zlib.crc32(c.encode()) % count == k)
-                if len(previous) == count and shard == previous[k]:
-                    assert shard is previous[k]  # unchanged: the same tuple (writers compare by identity)
-            previous = shards
-            continue
-        assert isinstance(op, tuple)
-        adding, i = op
-        if adding:
-            counts[i] = counts.get(i, 0) + 1
-            members.add(POOL[i])
-        elif counts.get(i):
-            counts[i] -= 1
-            members.remove(POOL[i])
+    previous: list[tuple[tuple[str, ...], ...]] = []
+
+    def read(members: CidrList, support: tuple[str, ...]) -> None:
+        shards = members.shards()
+        count = shard_count(len(support))
+        assert len(shards) == count
+        before = previous[-1] if previous else ()
+        for k, shard in enumerate(shards):
+            assert shard == tuple(c for c in support if zlib.crc32(c.encode()) % count == k)
+            if len(before) == count and shard == before[k]:
+                assert shard is before[k]  # unchanged: the same tuple (writers compare by identity)
+        previous.append(shards)
+
+    replay(initial, ops, read)
 
 
 def test_shard_count_doubles_past_each_multiple_of_the_target() -> None:
