@@ -4,6 +4,7 @@ deletes, and a restart that rewrites nothing and sweeps what is stale."""
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,7 @@ from xpunet.model.objects import (
     Pod,
 )
 from xpunet.policy.compiler import PolicyCompiler
+from xpunet.policy.members import shard_count
 from xpunet.policy.service import PolicyService, load_existing
 from xpunet.testing.nats import in_background, next_entry, unique_name
 from xpunet.wire import decode_object, encode_object
@@ -191,6 +193,56 @@ async def test_global_sets_survive_a_restart_and_move_when_the_threshold_changes
             await service.synced.wait()
         assert await decoded(intents, ipset_key("n1", set_id)) == IPSet(set_id, ("10.0.0.1/32",))
         assert await intents.get(global_ipset_key(set_id)) is None
+    finally:
+        for b in buckets:
+            await bus.delete_kv(b)
+
+
+async def test_a_big_set_is_written_in_shards_and_a_member_change_rewrites_one(bus: NatsBus) -> None:
+    """200 members: 4 shards in KV; one web pod more rewrites only its shard; a v1 key is swept."""
+    buckets = [unique_name("policy") for _ in range(3)]
+    k8s, intents, status = [await bus.kv(b) for b in buckets]
+    try:
+        await k8s.put("pod.shop.db", encode_object(pod("db", "10.0.0.2", "db")))
+        webs = {f"web{i}": f"10.1.{i // 250}.{i % 250 + 1}" for i in range(200)}
+        await k8s.put_many({f"pod.shop.{n}": encode_object(pod(n, ip, "web")) for n, ip in webs.items()})
+        await k8s.put("networkpolicy.shop.db", encode_object(DB_POLICY))
+        await sync_markers(k8s)
+        # What a v1 policy service left: the whole set under one key without a shard.
+        v1_key = "node.n1.policy.ipset.0123456789abcdef"
+        await intents.put(v1_key, encode_object(IPSet("0123456789abcdef", ("10.1.0.1/32",))))
+        async with running(k8s, intents, status) as service:
+            await service.synced.wait()
+            db = await decoded(intents, DB_KEY)
+            assert isinstance(db, PolicyEndpoint)
+            set_id = db.ingress[0].ipset
+            assert set_id is not None
+            shards = [await decoded(intents, ipset_key("n1", set_id, k)) for k in range(4)]
+            assert all(isinstance(s, IPSet) and s.shards == 4 for s in shards)
+            members = {m for s in shards if isinstance(s, IPSet) for m in s.members}
+            assert members == {f"{ip}/32" for ip in webs.values()}
+            assert await intents.get(ipset_key("n1", set_id, 4)) is None
+            assert await intents.get(v1_key) is None  # swept on the first flush
+            before = {k: await intents.get(ipset_key("n1", set_id, k)) for k in range(4)}
+
+            # The new member's shard, as docs/intents.md defines it (201 members: still 4 shards).
+            assert shard_count(201) == 4
+            key = ipset_key("n1", set_id, zlib.crc32(b"10.2.0.1/32") % 4)
+            watch = intents.watch(key)
+            await next_entry(watch, key)  # its current value (the snapshot)
+            await k8s.put("pod.shop.web-new", encode_object(pod("web-new", "10.2.0.1", "web")))
+            entry = await next_entry(watch, key)
+            await watch.aclose()
+        assert entry.value is not None
+        changed = decode_object(entry.value)
+        assert isinstance(changed, IPSet)
+        assert "10.2.0.1/32" in changed.members
+        assert len(changed.members) < 100  # one shard, not the set
+        for k, was in before.items():  # no other shard was rewritten
+            now = await intents.get(ipset_key("n1", set_id, k))
+            assert now is not None
+            assert was is not None
+            assert now.revision == was.revision or ipset_key("n1", set_id, k) == key
     finally:
         for b in buckets:
             await bus.delete_kv(b)
