@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from xpunet.ir.lb import BackendSet, ConntrackTimeouts, LbNodeAddresses, LbNodeOverride, LbServicePort
 from xpunet.ir.policy import IPSet, PolicyEndpoint, PolicyRule
@@ -209,17 +210,29 @@ def set_prefixes(s: IPSet) -> dict[int, list[Lpm]]:
     return out
 
 
+@lru_cache(maxsize=1 << 16)
+def member_prefix(cidr: str) -> tuple[int, Lpm] | None:
+    """A set member as (IP version, LPM prefix); None when it is not a CIDR (cached: shards are
+    parsed again whenever they change, and most of their members did not)."""
+    try:
+        return cidr_lpm(cidr)
+    except ValueError:
+        return None
+
+
 def set_problems(set_id: str, s: IPSet | None, referenced: bool) -> list[str]:
-    """Problems of one IP set: referenced but missing, or a member that is not a CIDR."""
+    """Problems of one IP set: referenced but missing, or members that are not CIDRs (the least
+    of them is named, so the report does not depend on the order of the members or shards)."""
     if not referenced:
         return []
     if s is None:
         return [f"ip set {set_id}: referenced but not present; its rules match nothing"]
-    try:
-        set_prefixes(s)
-    except ValueError as exc:
-        return [f"ip set {set_id}: {exc}; its rules match nothing"]
-    return []
+    bad = min((m for m in s.members if member_prefix(m) is None), default=None)
+    return [] if bad is None else [bad_member_problem(set_id, bad)]
+
+
+def bad_member_problem(set_id: str, member: str) -> str:
+    return f"ip set {set_id}: not a CIDR: {member!r}; its rules match nothing"
 
 
 def classify(sets: Iterable[IPSet], bits: Mapping[str, int]) -> dict[int, dict[Lpm, int]]:

@@ -25,12 +25,13 @@ against the applied view.  Invariant (checked by a property test): after
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from xpunet.ir.keys import node_prefix
 from xpunet.ir.lb import ConntrackTimeouts, LbNodeAddresses, LbNodeOverride, LbServicePort
-from xpunet.ir.policy import IPSet, PolicyEndpoint, union_of_shards
+from xpunet.ir.policy import IPSet, PolicyEndpoint
 from xpunet.ir.routes import NodeRoute
 from xpunet.pipeline.alloc import StableIds
 from xpunet.pipeline.entries import EntryKey, Lpm, TableEntry
@@ -39,6 +40,7 @@ from xpunet.pipeline.groups import (
     SIDES,
     GroupOut,
     NodePorts,
+    bad_member_problem,
     classification_entry,
     entry_order,
     fold,
@@ -50,10 +52,10 @@ from xpunet.pipeline.groups import (
     lower_node_ports,
     lower_route,
     lower_service,
+    member_prefix,
     next_hop_names,
     node_addresses,
     referenced_sets,
-    set_prefixes,
     set_problems,
 )
 from xpunet.pipeline.lowering import (
@@ -278,58 +280,111 @@ class _Merge:
         return out
 
 
+Prefix = tuple[int, Lpm]  # (IP version, prefix)
+
+
+def _parse_shard(s: IPSet) -> tuple[tuple[Prefix, ...], str | None]:
+    """A shard's members as prefixes, and the least member that is not a CIDR (None: all are)."""
+    prefixes: list[Prefix] = []
+    bad: str | None = None
+    for member in s.members:
+        prefix = member_prefix(member)
+        if prefix is None:
+            bad = member if bad is None else min(bad, member)
+        else:
+            prefixes.append(prefix)
+    return tuple(prefixes), bad
+
+
 class _Classification:
-    """One direction's IP-set classification: prefix → bits of every included set covering it."""
+    """One direction's IP-set classification: prefix → bits of every included set covering it.
+
+    A set is included with its bit and its prefixes counted (shards of a set
+    may hold the same member for a moment): :meth:`include` replaces a set
+    whole, :meth:`delta` applies the members one shard gained and lost, so a
+    member change costs the prefixes it touches, not the set's size.
+    """
 
     def __init__(self, side: str, index: int, merge: _Merge, schema: Schema) -> None:
         self.side = side
         self.gk: GroupKey = (PHASE_CLASSIFY, index)
         self.merge = merge
         self.schema = schema
-        self.included: dict[str, tuple[int, dict[int, list[Lpm]]]] = {}  # set id → (bit, prefixes)
+        self.bit_of: dict[str, int] = {}  # included set id → its bit
+        self.counts: dict[str, dict[Prefix, int]] = {}  # included set id → prefix → members giving it
         self.sets_of: dict[int, dict[Lpm, set[str]]] = {4: {}, 6: {}}  # prefix → included sets having it
         self.sorted: dict[int, list[tuple[int, int]]] = {4: [], 6: []}  # (value, length) of every prefix
         self.keys: dict[tuple[int, Lpm], EntryKey] = {}
         self.lengths: dict[int, dict[int, int]] = {4: {}, 6: {}}  # prefix length → prefixes of it
 
-    def include(self, set_id: str, now: tuple[int, dict[int, list[Lpm]]] | None) -> None:
-        """Set ``set_id``'s contribution (bit and prefixes), None: none; re-lowers the covered prefixes."""
-        before = self.included.get(set_id)
+    def include(self, set_id: str, now: tuple[int, dict[Prefix, int]] | None) -> None:
+        """Set ``set_id``'s contribution (bit and counted prefixes), None: none; re-lowers what it covers."""
+        before = (self.bit_of[set_id], self.counts[set_id]) if set_id in self.bit_of else None
         if before == now:
             return
-        touched: dict[int, set[Lpm]] = {4: set(), 6: set()}
+        touched: set[Prefix] = set()
         if before is not None:
-            del self.included[set_id]
-            for version, lpms in before[1].items():
-                for p in lpms:
-                    touched[version].add(p)
-                    holders = self.sets_of[version].get(p)
-                    if holders is not None:
-                        holders.discard(set_id)
-                        if not holders:
-                            del self.sets_of[version][p]
-                            self._count(version, p.prefix_len, -1)
-                            idx = bisect.bisect_left(self.sorted[version], (p.value, p.prefix_len))
-                            del self.sorted[version][idx]
+            del self.bit_of[set_id], self.counts[set_id]
+            for prefix in before[1]:
+                touched.add(prefix)
+                self._unhold(set_id, prefix)
         if now is not None:
-            self.included[set_id] = now
-            for version, lpms in now[1].items():
-                for p in lpms:
-                    touched[version].add(p)
-                    holders = self.sets_of[version].get(p)
-                    if holders is None:
-                        self.sets_of[version][p] = {set_id}
-                        self._count(version, p.prefix_len, 1)
-                        bisect.insort(self.sorted[version], (p.value, p.prefix_len))
-                    else:
-                        holders.add(set_id)
-        for version, prefixes in touched.items():
-            affected: set[Lpm] = set()
-            for c in prefixes:
-                affected.add(c)
-                affected |= self._within(version, c)
-            for p in affected:
-                self._relower(version, p)
+            self.bit_of[set_id] = now[0]
+            self.counts[set_id] = dict(now[1])
+            for prefix in now[1]:
+                touched.add(prefix)
+                self._hold(set_id, prefix)
+        self._relower_around(touched)
+
+    def delta(self, set_id: str, added: Iterable[Prefix], removed: Iterable[Prefix]) -> None:
+        """An included set's members changed (its bit did not): count them in and out."""
+        counts = self.counts[set_id]
+        touched: set[Prefix] = set()
+        for prefix in removed:
+            n = counts[prefix] - 1
+            if n:
+                counts[prefix] = n
+                continue
+            del counts[prefix]
+            touched.add(prefix)
+            self._unhold(set_id, prefix)
+        for prefix in added:
+            n = counts.get(prefix, 0)
+            counts[prefix] = n + 1
+            if not n:
+                touched.add(prefix)
+                self._hold(set_id, prefix)
+        self._relower_around(touched)
+
+    def _hold(self, set_id: str, prefix: Prefix) -> None:
+        version, p = prefix
+        holders = self.sets_of[version].get(p)
+        if holders is None:
+            self.sets_of[version][p] = {set_id}
+            self._count(version, p.prefix_len, 1)
+            bisect.insort(self.sorted[version], (p.value, p.prefix_len))
+        else:
+            holders.add(set_id)
+
+    def _unhold(self, set_id: str, prefix: Prefix) -> None:
+        version, p = prefix
+        holders = self.sets_of[version].get(p)
+        if holders is not None:
+            holders.discard(set_id)
+            if not holders:
+                del self.sets_of[version][p]
+                self._count(version, p.prefix_len, -1)
+                idx = bisect.bisect_left(self.sorted[version], (p.value, p.prefix_len))
+                del self.sorted[version][idx]
+
+    def _relower_around(self, touched: set[Prefix]) -> None:
+        """Re-lower the touched prefixes and every prefix within them (their covering bits changed)."""
+        affected: set[Prefix] = set()
+        for version, c in touched:
+            affected.add((version, c))
+            affected.update((version, p) for p in self._within(version, c))
+        for version, p in affected:
+            self._relower(version, p)
 
     def _count(self, version: int, length: int, delta: int) -> None:
         n = self.lengths[version].get(length, 0) + delta
@@ -354,14 +409,14 @@ class _Classification:
     def _covering(self, version: int, p: Lpm) -> int:
         """OR of the bits of every included set with a member covering ``p`` (only lengths in use)."""
         width = 32 if version == 4 else 128
-        sets_of, included = self.sets_of[version], self.included
+        sets_of, bits = self.sets_of[version], self.bit_of
         acc = 0
         for length in sorted(self.lengths[version]):
             if length > p.prefix_len:
                 break
             mask = ((1 << length) - 1) << (width - length)
             for s in sets_of.get(Lpm(p.value & mask, length), ()):
-                acc |= 1 << included[s][0]
+                acc |= 1 << bits[s]
         return acc
 
     def _relower(self, version: int, p: Lpm) -> None:
@@ -406,7 +461,11 @@ class NodeLowering:
         )
         # dirty marks, consumed by flush()
         self._dirty_eps: set[str] = set()
-        self._dirty_sets: set[str] = set()
+        self._dirty_sets: set[str] = set()  # sets to re-include whole (their bit or users changed)
+        self._dirty_shards: dict[str, set[str]] = {}  # set id → keys of its shards that changed
+        # (set id, key) → the shard's prefixes and its least bad member, as last classified
+        self._parsed: dict[tuple[str, str], tuple[tuple[Prefix, ...], str | None]] = {}
+        self._bad: dict[str, dict[str, str]] = {}  # set id → key → the least bad member of that shard
         self._dirty_svcs: set[str] = set()
         self._dirty_routes: set[str] = set()
         self._dirty_singles: set[str] = {"ports", "addresses", "conntrack", "host_routes", "no_uplink"}
@@ -447,7 +506,7 @@ class NodeLowering:
         if isinstance(v, PolicyEndpoint):
             self._dirty_eps.add(key)
         elif isinstance(v, IPSet):
-            self._dirty_sets.add(v.id)
+            self._dirty_shards.setdefault(v.id, set()).add(key)
         elif isinstance(v, LbServicePort):
             self._dirty_svcs.add(key)
         elif isinstance(v, LbNodeOverride):
@@ -557,33 +616,58 @@ class NodeLowering:
         return out
 
     def _flush_sets(self, bit_changes: tuple[set[str], set[str]]) -> None:
-        dirty = self._dirty_sets | bit_changes[0] | bit_changes[1]
+        """Re-classify the sets whose shards, bit or users changed.
+
+        A set is the union of its shards (``xpunet.ir.policy``).  Only the
+        shards that changed are parsed again; a set whose bit did not change
+        is updated with what those shards gained and lost, so a member joining
+        a set of 50,000 costs about what it costs in a set of 50.
+        """
+        whole = self._dirty_sets | bit_changes[0] | bit_changes[1]
+        shards, self._dirty_shards = self._dirty_shards, {}
         self._dirty_sets = set()
-        for set_id in dirty:
-            s = self._effective_set(set_id)
-            referenced = set_id in self._refs[0] or set_id in self._refs[1]
+        for set_id in whole | shards.keys():
+            gained: list[Prefix] = []
+            lost: list[Prefix] = []
+            bad_shards = self._bad.setdefault(set_id, {})
+            for key in shards.get(set_id, ()):
+                old = self._parsed.pop((set_id, key), None)
+                before = Counter(old[0]) if old is not None else Counter()
+                bad_shards.pop(key, None)
+                value = self.values.get(key)
+                if isinstance(value, IPSet) and value.id == set_id:
+                    new = self._parsed[set_id, key] = _parse_shard(value)
+                    after = Counter(new[0])
+                    if new[1] is not None:
+                        bad_shards[key] = new[1]
+                else:
+                    after = Counter()
+                # Only what the shard gained and lost: a shard rewritten for one member is one prefix.
+                lost.extend((before - after).elements())
+                gained.extend((after - before).elements())
+            held = self._sets.get(set_id, {})
+            bad = min(bad_shards.values()) if bad_shards else None
+            if not held:
+                del self._bad[set_id]
             g = GroupOut(self.schema)
-            g.problems += set_problems(set_id, s, referenced)
+            if set_id in self._refs[0] or set_id in self._refs[1]:
+                if not held:
+                    g.problems += set_problems(set_id, None, True)
+                elif bad is not None:
+                    g.problems.append(bad_member_problem(set_id, bad))
             self._merge.replace((PHASE_SET, set_id), g)
-            prefixes: dict[int, list[Lpm]] | None = None
-            if s is not None:
-                try:
-                    prefixes = set_prefixes(s)
-                except ValueError:
-                    prefixes = None  # reported by set_problems
             for i, cls in enumerate(self._classes):
                 bit = self._bits[i].assigned.get(set_id)
-                now = (bit, prefixes) if bit is not None and prefixes is not None else None
-                cls.include(set_id, now)
-
-    def _effective_set(self, set_id: str) -> IPSet | None:
-        """The union of the set's shards this node holds (keys in order: deterministic)."""
-        held = self._sets.get(set_id)
-        if not held:
-            return None
-        if len(held) == 1:
-            return next(iter(held.values()))
-        return union_of_shards(set_id, (held[key] for key in sorted(held)))
+                if bit is None or not held or bad is not None:
+                    cls.include(set_id, None)  # no bit, or no members, or a bad one: matches nothing
+                elif set_id not in whole and cls.bit_of.get(set_id) == bit:
+                    cls.delta(set_id, gained, lost)
+                else:
+                    counts: dict[Prefix, int] = {}
+                    for key in held:
+                        for prefix in self._parsed[set_id, key][0]:
+                            counts[prefix] = counts.get(prefix, 0) + 1
+                    cls.include(set_id, (bit, counts))
 
     def _flush_endpoints(self, bit_changes: tuple[set[str], set[str]]) -> None:
         bits = (self._bits[0].assigned, self._bits[1].assigned)
