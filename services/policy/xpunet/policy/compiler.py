@@ -159,6 +159,8 @@ class PolicyCompiler:
         self._global_sets: set[str] = set()  # output set ids published under global.
         self._set_values: dict[str, tuple[IPSet, ...]] = {}  # output set id -> its shards as last rendered
         self._stale_values: set[str] = set()  # output set ids whose members changed since rendered
+        # output set id -> shards its last render changed (None: all, e.g. the count changed)
+        self._fresh_shards: dict[str, set[int] | None] = {}
         self._set_shards: dict[str, int] = {}  # output set id -> shards its keys were written with
         self._emitted: dict[str, PolicyIntent] = {}
 
@@ -323,7 +325,9 @@ class PolicyCompiler:
         Returns the set's shard count.
         """
         values = self._set_value(out_id)
-        for shard in range(len(values) - 1, -1, -1):
+        fresh = self._fresh_shards.get(out_id) if written == len(values) else None
+        # A place holding the last render's shards needs only those the render changed.
+        for shard in range(len(values) - 1, -1, -1) if fresh is None else sorted(fresh, reverse=True):
             key = global_ipset_key(out_id, shard) if node is None else ipset_key(node, out_id, shard)
             self._emit(key, values[shard], writes)
         for shard in range(len(values), written):
@@ -344,22 +348,28 @@ class PolicyCompiler:
     def _set_value(self, out_id: str) -> tuple[IPSet, ...]:
         """The set's shards, rendered once per membership change and shared by every place holding it.
 
-        A shard whose members did not change keeps its value object, so writing
-        it again is an identity check, not a comparison of its members.
+        A shard whose members did not change keeps its value object (and is not
+        written again by a place that holds the previous render).
         """
         values = self._set_values.get(out_id)
         if values is None or out_id in self._stale_values:
             self._stale_values.discard(out_id)
             sid, number = self._out_sets[out_id]
-            shards = self._index.sets[sid].output(number).shards()
-            before = values or ()
+            members = self._index.sets[sid].output(number)
+            changed = members.changed_shards()
+            shards = members.shards()
             count = len(shards)
-            values = self._set_values[out_id] = tuple(
-                before[i]
-                if len(before) == count and before[i].members is members
-                else IPSet(out_id, members, i, count)
-                for i, members in enumerate(shards)
-            )
+            if values is not None and changed is not None and len(values) == count:
+                # Only the shards that changed get a new value (a cost of the change, not the set).
+                rendered = list(values)
+                for i in changed:
+                    rendered[i] = IPSet(out_id, shards[i], i, count)
+                values = tuple(rendered)
+            else:
+                values = tuple(IPSet(out_id, shard, i, count) for i, shard in enumerate(shards))
+                changed = None
+            self._set_values[out_id] = values
+            self._fresh_shards[out_id] = changed
         return values
 
     def _pod(self, key: PodKey) -> Pod | None:
@@ -518,6 +528,7 @@ class PolicyCompiler:
             sid = entry[0]
             self._set_values.pop(out_id, None)
             self._stale_values.discard(out_id)
+            self._fresh_shards.pop(out_id, None)
             outs = self._set_outs.get(sid)
             if outs is not None:
                 outs.discard(out_id)

@@ -69,7 +69,7 @@ class CidrList:
     tell unchanged shards by identity.
     """
 
-    __slots__ = ("_added", "_count", "_members", "_refs", "_removed", "_shards", "_texts")
+    __slots__ = ("_added", "_changed", "_count", "_members", "_refs", "_removed", "_shards", "_texts")
 
     def __init__(self, entries: Iterable[CidrEntry] = ()) -> None:
         self._refs: dict[CidrEntry, int] = {}
@@ -77,7 +77,8 @@ class CidrList:
             self._refs[entry] = self._refs.get(entry, 0) + 1
         self._count = 0  # shards the lists below are split into (0: not built yet)
         self._shards: list[list[CidrEntry]] = []
-        self._texts: list[tuple[str, ...] | None] = []  # per shard, None: to render
+        self._texts: list[tuple[str, ...]] = []  # per shard, rendered
+        self._changed: set[int] | None = None  # shards changed since the last shards() (None: all)
         self._added: set[CidrEntry] = set()
         self._removed: set[CidrEntry] = set()
         self._members: tuple[str, ...] | None = None
@@ -108,13 +109,21 @@ class CidrList:
         self._members = None
 
     def shards(self) -> tuple[tuple[str, ...], ...]:
-        """Every shard's CIDRs, sorted; ``shard_count(len(self))`` of them (one, maybe empty, at least)."""
+        """Every shard's CIDRs, sorted; ``shard_count(len(self))`` of them (one, maybe empty, at least).
+
+        Costs the shards that changed since the last call, plus one tuple of the shard count.
+        """
+        self.changed_shards()
+        return tuple(self._texts)
+
+    def changed_shards(self) -> set[int] | None:
+        """The shards changed since the last call (None: all of them, e.g. re-partitioned); renders them."""
         self._apply()
-        texts = self._texts
-        for i, rendered in enumerate(texts):
-            if rendered is None:
-                texts[i] = tuple(e[3] for e in self._shards[i])
-        return tuple(t for t in texts if t is not None)
+        changed, self._changed = self._changed, set()
+        texts, shards = self._texts, self._shards
+        for i in range(len(shards)) if changed is None else changed:
+            texts[i] = tuple(e[3] for e in shards[i])
+        return changed
 
     def members(self) -> tuple[str, ...]:
         """All CIDRs in one sorted tuple (the union of the shards)."""
@@ -132,24 +141,25 @@ class CidrList:
             shards: list[list[CidrEntry]] = [[] for _ in range(count)]
             for entry in sorted(self._refs):
                 shards[entry[4] % count].append(entry)
-            if count == self._count:
-                for i, shard in enumerate(shards):
-                    if shard != self._shards[i]:
-                        self._texts[i] = None
+            if count == self._count and self._changed is not None:
+                self._changed.update(i for i, shard in enumerate(shards) if shard != self._shards[i])
             else:
-                self._texts = [None] * count
+                self._texts = [()] * count
+                self._changed = None
             self._shards = shards
             self._count = count
         elif pending:
             shards = self._shards
-            texts = self._texts
+            changed = self._changed
             for entry in self._removed:
                 shard = shards[entry[4] % count]
                 del shard[bisect.bisect_left(shard, entry)]
-                texts[entry[4] % count] = None
+                if changed is not None:
+                    changed.add(entry[4] % count)
             for entry in self._added:
                 shard = shards[entry[4] % count]
                 shard.insert(bisect.bisect_left(shard, entry), entry)
-                texts[entry[4] % count] = None
+                if changed is not None:
+                    changed.add(entry[4] % count)
         self._added.clear()
         self._removed.clear()
