@@ -26,13 +26,11 @@ import functools
 import importlib.util
 import json
 import os
-import random
 import sys
 import time
 import types
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Generator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,6 @@ from xpunet.bus.nats._client import LeanParser
 from xpunet.bus.nats._kv import AckRouter
 from xpunet.bus.nats._watch import KVWatch
 from xpunet.embedded.nats import NatsServer
-from xpunet.model.objects import Labels, Pod
 from xpunet.policy.compiler import PolicyCompiler
 from xpunet.policy.service import PolicyFeed, PolicyService, load_existing
 from xpunet.runtime.change_probe import lone_changes, run_loop, until_in_sync
@@ -174,29 +171,7 @@ async def measure(pods: int, changes: int, gap: float) -> dict[str, Any]:
             await service.synced.wait()
             watch = intents.watch("")
             await until_in_sync(watch)
-            # Movers into a namespace-selector set and back, as bench/policy.py: every change writes.
-            teams = {
-                peer.namespace_selector.match_labels["team"]
-                for p in pols
-                if p.name.startswith("monitoring")
-                for rule in p.ingress
-                for peer in rule.peers
-                if peer.namespace_selector is not None
-            }
-            covered = {n.name for n in nss if n.labels.get("env") == "prod" and n.labels.get("team") in teams}
-            movers: list[Pod] = [p for p in pod_objs if p.namespace in covered and p.labels["app"] != "app0"]
-            random.Random(3).shuffle(movers)
-            current = {(p.namespace, p.name): p for p in movers}
-
-            def change(i: int) -> tuple[str, bytes]:
-                pod = movers[i % len(movers)]
-                label = (
-                    pod.labels["app"] if current[pod.namespace, pod.name].labels["app"] == "app0" else "app0"
-                )
-                moved = current[pod.namespace, pod.name] = replace(
-                    pod, labels=Labels({**pod.labels, "app": label})
-                )
-                return f"pod.{pod.namespace}.{pod.name}", encode_object(moved)
+            change = cluster.set_movers(nss, pod_objs, pols)  # as bench/policy.py: every change writes
 
             await lone_changes(service, watch, k8s, change, count=50, warmup=50, gap=gap)
             instrument()

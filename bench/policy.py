@@ -43,6 +43,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -196,6 +197,37 @@ def build_cluster(
     return nss, out_pods, out_pols
 
 
+def set_movers(
+    nss: list[Namespace], pod_objs: list[Pod], pols: list[NetworkPolicy]
+) -> Callable[[int], tuple[str, bytes]]:
+    """Lone changes that always write: change i moves a pod into a namespace-selector set and back.
+
+    The pods are those not yet ``app0`` in namespaces some monitoring policy's
+    set covers (its team, ``env=prod``): moving one to ``app0`` joins that set,
+    and its next turn leaves it again.  Returns (key, encoded pod) of change i.
+    """
+    teams = {
+        peer.namespace_selector.match_labels["team"]
+        for p in pols
+        if p.name.startswith("monitoring")
+        for rule in p.ingress
+        for peer in rule.peers
+        if peer.namespace_selector is not None
+    }
+    covered = {n.name for n in nss if n.labels.get("env") == "prod" and n.labels.get("team") in teams}
+    movers = [p for p in pod_objs if p.namespace in covered and p.labels["app"] != "app0"]
+    random.Random(3).shuffle(movers)
+    current = {(p.namespace, p.name): p for p in movers}
+
+    def change(i: int) -> tuple[str, bytes]:
+        pod = movers[i % len(movers)]
+        label = pod.labels["app"] if current[pod.namespace, pod.name].labels["app"] == "app0" else "app0"
+        moved = current[pod.namespace, pod.name] = replace(pod, labels=Labels({**pod.labels, "app": label}))
+        return f"pod.{pod.namespace}.{pod.name}", encode_object(moved)
+
+    return change
+
+
 def encode_all(changes: dict[str, object]) -> int:
     """Encode like the service does: a value shared by many node keys (an IPSet) is encoded once."""
     size = 0
@@ -323,32 +355,9 @@ async def through_nats(
         cold_cpu = time.process_time() - cpu_started
         written = len(service.compiler.intents)
 
-        # Pods not yet app0 in namespaces some monitoring policy's set covers (its team, env=prod):
-        # moving one to app0 joins that set, whose key is then rewritten.
-        teams = {
-            peer.namespace_selector.match_labels["team"]
-            for p in pols
-            if p.name.startswith("monitoring")
-            for rule in p.ingress
-            for peer in rule.peers
-            if peer.namespace_selector is not None
-        }
-        covered = {n.name for n in nss if n.labels.get("env") == "prod" and n.labels.get("team") in teams}
-        movers = [p for p in pod_objs if p.namespace in covered and p.labels["app"] != "app0"]
-        random.Random(3).shuffle(movers)
+        change = set_movers(nss, pod_objs, pols)
         watch = intents.watch("")
         await until_in_sync(watch)
-        current = {(p.namespace, p.name): p for p in movers}
-
-        def change(i: int) -> tuple[str, bytes]:
-            # Each mover joins the app0 set, and leaves it again on its next turn: every change writes.
-            pod = movers[i % len(movers)]
-            now = current[pod.namespace, pod.name]
-            label = pod.labels["app"] if now.labels["app"] == "app0" else "app0"
-            moved = current[pod.namespace, pod.name] = replace(
-                pod, labels=Labels({**pod.labels, "app": label})
-            )
-            return f"pod.{pod.namespace}.{pod.name}", encode_object(moved)
 
         run = await lone_changes(
             service, watch, k8s, change, count=changes, warmup=warmup, gap=gap, server_pid=server_pid
