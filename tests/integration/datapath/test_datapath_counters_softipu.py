@@ -27,7 +27,7 @@ from xpunet.ir.policy import PolicyEndpoint, PolicyRule, PortRange, RuleOrigin, 
 from xpunet.p4rt.client import ClientSettings
 from xpunet.pipeline.interpreter import TCP, TCP_SYN, Drop, Forward, Packet
 from xpunet.runtime.metrics_text import render_prometheus
-from xpunet.testing.nats import unique_name
+from xpunet.testing.nats import in_background, unique_name
 from xpunet.wire import decode_object, encode_object
 
 DB = PolicyEndpoint(
@@ -58,13 +58,8 @@ async def datapath(
         meter=meter,
         ports=PORTS,
     )
-    stopping = asyncio.Event()
-    task = asyncio.create_task(dp.run(stopping))
-    try:
+    async with in_background(dp):
         yield dp
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def program(buckets: Buckets) -> int:

@@ -8,7 +8,6 @@ no deletes of unchanged entries).
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from xpunet.ir.policy import PolicyEndpoint, endpoint_key
 from xpunet.model.objects import Node, NodeAddress
 from xpunet.p4rt.client import ClientSettings
 from xpunet.pipeline.entries import TableEntry
+from xpunet.testing.nats import in_background
 from xpunet.wire import encode_object
 
 _KIND = {
@@ -98,13 +98,8 @@ class Runner:
             status=self.buckets.status,
             ports=ports,
         )
-        stopping = asyncio.Event()
-        task = asyncio.create_task(service.run(stopping))
-        try:
+        async with in_background(service):
             yield service
-        finally:
-            stopping.set()
-            await asyncio.wait_for(task, 10)
 
 
 # --- sample intents: two pods on n1, a service, two nodes -------------------------------
